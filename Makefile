@@ -1,0 +1,62 @@
+# dbperf-course: set-up, demo, tests.  `make demo` and `make test` are the Quick start.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv services-deps demo test lint bench lock clean distclean
+
+# .venv with the project (editable) and its dev tools, at the versions pinned in
+# constraints.txt.  Re-done only when pyproject.toml or constraints.txt change.
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+# Postgres, Redis and pgbench binaries for the live tests (apt-get, when root and missing).
+services-deps:
+	@bash scripts/install-services.sh
+
+demo: venv
+	@mkdir -p results
+	$(PY) -m simlib run scenarios/demo.toml --plot results/demo.png
+
+# The notebooks will join this run later: `$(PY) -m pytest tests --nbval notebooks`.
+test: venv services-deps
+	$(PY) -m pytest tests
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+bench: venv
+	$(PY) bench/bench_speed.py
+
+# Re-resolve every dependency (direct and transitive) in a scratch venv and pin
+# the result in constraints.txt.  Run it with the Python the course targets (3.11).
+lock:
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install -q -e '.[dev]'; \
+	{ \
+	  echo '# Exact versions of every dependency, direct and transitive, of dbperf-course[dev]'; \
+	  echo "# for CPython $$("$$tmp/venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])') on linux x86_64."; \
+	  echo '# Used as: pip install -c constraints.txt -e ".[dev]"   (what `make venv` does)'; \
+	  echo '# Generated, do not edit: change the ranges in pyproject.toml, then regenerate with'; \
+	  echo '#   make lock'; \
+	  echo '# (a fresh scratch venv, pip install -e ".[dev]", pip freeze --exclude-editable).'; \
+	  "$$tmp/venv/bin/python" -m pip freeze --exclude-editable \
+	    | grep -v -i -E '^(pip|setuptools|wheel|dbperf[-_]course)(==| @)'; \
+	} > constraints.txt.new; \
+	mv constraints.txt.new constraints.txt; \
+	echo "constraints.txt: $$(grep -c '==' constraints.txt) pins"
+
+clean:
+	rm -rf results build dist *.egg-info .pytest_cache .ruff_cache .hypothesis
+	find . -path ./$(VENV) -prune -o -type d \( -name __pycache__ -o -name .ipynb_checkpoints \) -prune -exec rm -rf {} +
+
+# clean, and the virtual environment too
+distclean: clean
+	rm -rf $(VENV)

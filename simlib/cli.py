@@ -1,0 +1,120 @@
+"""Command line: ``python -m simlib run|sweep SCENARIO.toml ...``.
+
+Bad input never produces a traceback: it prints one line on stderr naming
+what is wrong and what is allowed, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from simlib.files import atomic_write
+from simlib.report import plot_run, table
+from simlib.scenario import ScenarioError, load_scenario
+from simlib.simulation import simulate
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(message)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m simlib", description="Simulate Python database access.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("scenario", help="scenario TOML file")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one field, e.g. pool.pool_size=8 (value read as TOML)")
+        p.add_argument("--json", action="store_true", help="print one JSON document")
+        p.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="processes to use (default: all cores)")
+
+    run = sub.add_parser("run", help="simulate one scenario")
+    common(run)
+    run.add_argument("--plot", metavar="PNG", help="also write a figure of the latencies")
+
+    sw = sub.add_parser("sweep", help="simulate every combination of a parameter grid")
+    common(sw)
+    sw.add_argument("--grid", action="append", default=[], required=True, metavar="KEY=VALUES",
+                    help="e.g. pool.pool_size=1..20 or workload.rate=100,200,400")
+    sw.add_argument("--out", metavar="CSV", help="CSV file (default: results/<name>-sweep.csv)")
+    sw.add_argument("--plot", metavar="PNG", help="figure (default: next to the CSV, .png)")
+    sw.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.scenario, args.overrides)
+    result = simulate(scenario, workers=args.workers)
+    if args.plot:
+        plot_run(result.metrics, f"{scenario.name} (simlib)", args.plot)
+    if args.json:
+        print(json.dumps(result.to_json(), allow_nan=False))
+    else:
+        w = scenario.workload
+        note = (f"{scenario.replications} replications, seed {scenario.seed}, "
+                f"{w.duration:g} s measured after {w.warmup:g} s warm-up; ± is the 95% interval")
+        print(table(f"simlib: {scenario.name} (pool {scenario.pool.kind})", result.metrics, note))
+        if args.plot:
+            print(f"figure: {args.plot}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from simlib.sweep import parse_grid, plot_sweep, sweep  # pandas: only when sweeping
+
+    scenario = load_scenario(args.scenario, args.overrides)
+    grid: dict[str, list] = {}
+    for spec in args.grid:
+        key, values = parse_grid(spec)
+        grid[key] = values
+    out = Path(args.out or f"results/{scenario.name}-sweep.csv")
+    plot = Path(args.plot) if args.plot else out.with_suffix(".png")
+    progress = not (args.no_progress or args.json) and sys.stderr.isatty()
+    frame = sweep(scenario, grid, workers=args.workers, progress=progress)
+    atomic_write(out, lambda f: frame.to_csv(f, index=False))
+    plot_sweep(frame, list(grid), f"{scenario.name}: sweep", str(plot))
+    if args.json:
+        doc = {
+            "executor": "simlib",
+            "scenario": scenario.name,
+            "grid": grid,
+            "csv": str(out),
+            "plot": str(plot),
+            "points": json.loads(frame.to_json(orient="records")),
+        }
+        print(json.dumps(doc))
+    else:
+        cols = list(grid) + ["throughput_rps", "latency_mean_ms", "latency_p95_ms",
+                             "p_wait", "timeout_rate", "connections_mean"]
+        print(frame[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+        print(f"csv: {out}\nplot: {plot}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if getattr(args, "workers", None) is not None and args.workers < 1:
+            raise UsageError(f"--workers: must be an integer >= 1, got {args.workers}")
+        return _run(args) if args.command == "run" else _sweep(args)
+    except (ScenarioError, UsageError) as e:
+        print(f"simlib: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("simlib: interrupted", file=sys.stderr)
+        return 130
+

@@ -1,0 +1,186 @@
+"""The database server: connections, round trips, and cores shared by queries.
+
+What it models, and which real behaviour it follows:
+
+* **Opening a connection** costs ``connect_time`` (TCP handshake, the startup
+  packet, authentication, and the fork of a Postgres backend process).  The
+  server counts the new backend from the start of the attempt; if
+  ``max_connections`` backends already exist, Postgres still answers the
+  startup packet but then refuses with ``FATAL: sorry, too many clients
+  already``, so a refusal costs the same time and the client gets an error.
+* **A round trip** (``network_rtt``) is paid by every message the client waits
+  for: the query itself, a pre-ping ``SELECT 1``, the ``ROLLBACK``/``COMMIT``
+  that resets a connection returned to a pool.
+* **Query service time.**  A query that *waits* (``cpu_bound = false``, like
+  ``pg_sleep`` or waiting on I/O) simply takes its service time, however many
+  run at once.  A *CPU-bound* query needs a core: with ``n`` queries running
+  on ``k`` cores, each progresses at rate ``min(1, k/n)``.  This is processor
+  sharing, the textbook model of an operating system time-slicing runnable
+  backends.  It is why "more connections" stops helping once the cores are
+  busy, and why it makes low-variance queries *slower*: every query in the
+  crowd finishes late instead of the early ones finishing on time.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+
+import simpy
+
+from simlib.metrics import Recorder
+from simlib.scenario import Database as DatabaseConfig
+
+
+class ConnectionRefused(Exception):
+    """The server refused a new connection: ``max_connections`` reached."""
+
+    message = "FATAL: sorry, too many clients already"
+
+
+class Connection:
+    """One server connection (one Postgres backend) as a pool holds it."""
+
+    __slots__ = ("created", "fresh", "queries", "expire_at", "closed")
+
+    def __init__(self, created: float) -> None:
+        self.created = created
+        # SQLAlchemy skips the pre-ping on a connection's first checkout.
+        self.fresh = True
+        self.queries = 0
+        self.expire_at = float("inf")
+        self.closed = False
+
+
+class ProcessorSharing:
+    """``cores`` cores shared equally by the jobs present (``cores = 0``: unlimited).
+
+    Every job progresses at the same rate ``r(n) = min(1, k/n)``.  We follow a
+    single "virtual time" V that advances at that rate; a job that arrives at
+    virtual time V with work w finishes when V reaches V + w.  So only the job
+    with the smallest finishing virtual time matters, and each arrival or
+    departure reschedules one wake-up.  Wake-ups that an arrival has made
+    obsolete are recognised by a generation number and ignored (SimPy cannot
+    cancel a timeout).
+    """
+
+    def __init__(self, env: simpy.Environment, cores: int) -> None:
+        self.env = env
+        self.cores = cores
+        self._heap: list[tuple[float, int, simpy.Event]] = []
+        self._virtual = 0.0
+        self._last = 0.0
+        self._generation = 0
+        self._count = 0  # tie-breaker for equal finishing times
+
+    def _rate(self) -> float:
+        n = len(self._heap)
+        return 1.0 if n <= self.cores else self.cores / n
+
+    def _advance(self) -> None:
+        now = self.env.now
+        if self._heap:
+            self._virtual += (now - self._last) * self._rate()
+        self._last = now
+
+    def run(self, work: float) -> simpy.Event:
+        """An event that fires when ``work`` seconds of CPU have been served."""
+        done = self.env.event()
+        self._advance()
+        self._count += 1
+        heapq.heappush(self._heap, (self._virtual + work, self._count, done))
+        self._reschedule()
+        return done
+
+    def _reschedule(self) -> None:
+        self._generation += 1
+        if not self._heap:
+            return
+        finish = self._heap[0][0]
+        delay = max(0.0, (finish - self._virtual) / self._rate())
+        generation = self._generation
+        wake = self.env.timeout(delay)
+        wake.callbacks.append(lambda _ev: self._wake(generation))
+
+    def _wake(self, generation: int) -> None:
+        if generation != self._generation:
+            return  # an arrival or departure since then rescheduled us
+        self._advance()
+        # Finish every job whose work is done (allow for float rounding).
+        while self._heap and self._heap[0][0] <= self._virtual + 1e-12:
+            _, _, done = heapq.heappop(self._heap)
+            done.succeed()
+        self._reschedule()
+
+
+class DatabaseServer:
+    """A Postgres server as the pools and requests see it."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        config: DatabaseConfig,
+        connect_time: Callable[[], float],
+        recorder: Recorder,
+        cpu_bound: bool,
+    ) -> None:
+        self.env = env
+        self.rtt = config.network_rtt
+        self.max_connections = config.max_connections
+        self.connect_time = connect_time
+        self.recorder = recorder
+        self.connections = 0
+        # With unlimited cores a CPU-bound query is just a fixed delay, so we
+        # only build the processor-sharing machinery when it can matter.
+        self.cpu: ProcessorSharing | None = (
+            ProcessorSharing(env, config.cores) if cpu_bound and config.cores > 0 else None
+        )
+
+    def open(self) -> tuple[float, bool]:
+        """Start opening a connection: returns (time it takes, accepted?).
+
+        The slot is taken at once when accepted, so concurrent attempts cannot
+        overshoot ``max_connections``.
+        """
+        delay = self.connect_time()
+        if self.connections >= self.max_connections:
+            self.recorder.refused()
+            return delay, False
+        self.connections += 1
+        self.recorder.connection_opened(self.connections)
+        return delay, True
+
+    def connect(self):
+        """Open a connection (a generator for ``yield from``).
+
+        Returns the new :class:`Connection`, or raises :class:`ConnectionRefused`
+        after the connect time has passed.
+        """
+        delay, accepted = self.open()
+        if delay > 0:
+            yield self.env.timeout(delay)
+        if not accepted:
+            raise ConnectionRefused()
+        return Connection(self.env.now)
+
+    def preopen(self) -> Connection:
+        """A connection that exists before the service starts taking requests.
+
+        Pools that connect in their constructor (psycopg2, asyncpg, psycopg_pool)
+        are built before an application serves traffic, so their first
+        connections cost the requests nothing.
+        """
+        if self.connections >= self.max_connections:
+            raise ConnectionRefused()
+        self.connections += 1
+        self.recorder.connection_opened(self.connections, counted=False)
+        conn = Connection(self.env.now)
+        return conn
+
+    def close(self, conn: Connection) -> None:
+        """Close a connection: the client sends Terminate and does not wait."""
+        if conn.closed:
+            return
+        conn.closed = True
+        self.connections -= 1
+        self.recorder.connection_closed(self.connections)

@@ -1,0 +1,40 @@
+"""Writing result files atomically: a reader never sees half a file.
+
+Each writer writes to a temporary file in the same directory, flushes it to
+disk, then renames it over the target; a rename within one filesystem is
+atomic, so an interrupted run leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = False) -> None:
+    """Call ``write(file)`` on a temporary file, then move it to ``path``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", newline=None if binary else "") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text))
+
+
+def atomic_savefig(fig, path: str | os.PathLike) -> None:
+    """Save a matplotlib figure atomically (format from the file's extension)."""
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=110), binary=True)

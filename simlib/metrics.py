@@ -1,0 +1,256 @@
+"""Metrics: what a run measures, and how replications become confidence intervals.
+
+Two kinds of measurement, both restricted to the measured window
+``[warmup, warmup + duration)``:
+
+* **per request** (latency, checkout time, outcome): over the requests that
+  *arrive* in the window, as the scenario contract defines.  Requests that
+  arrive in the warm-up are simulated but not counted, so the empty pool at
+  time zero does not bias the results.
+* **time averages** (open connections, busy connections, requests in flight):
+  the area under a step curve between the window's ends, divided by its length.
+
+One replication gives one number per metric.  Independent replications give
+independent, identically distributed numbers, so a Student-t interval
+``mean ± t(0.975, R-1) · s / √R`` is a 95% confidence interval for the
+expected value.  Percentiles are handled the same way: each replication's p95
+is one observation.  This is the method of independent replications taught in
+every simulation course (and in Ciw's documentation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import stdtrit  # Student-t quantile; far lighter than scipy.stats
+
+#: Metric names in report order.  The first block is fixed by the contract.
+CONTRACT_METRICS: tuple[str, ...] = (
+    "throughput_rps",
+    "latency_mean_ms",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "checkout_mean_ms",
+    "checkout_p95_ms",
+    "p_wait",
+    "timeout_rate",
+    "error_rate",
+    "connections_opened_per_s",
+    "connections_mean",
+)
+EXTRA_METRICS: tuple[str, ...] = (
+    "offered_rps",  # requests arriving per second in the window
+    "query_mean_ms",  # connection in hand until the query's result is back
+    "connections_busy_mean",  # time-average connections checked out
+    "in_flight_mean",  # time-average requests in the system (Little's L)
+    "incomplete_rate",  # share still unfinished when the drain limit was reached
+)
+METRICS: tuple[str, ...] = CONTRACT_METRICS + EXTRA_METRICS
+
+# Outcomes of a request.
+OK, TIMEOUT, ERROR = 0, 1, 2
+
+
+class Level:
+    """A quantity that changes in steps; keeps the area under it for time averages."""
+
+    __slots__ = ("value", "_t", "_area")
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._t = 0.0
+        self._area = 0.0
+
+    def set(self, now: float, value: int) -> None:
+        self._area += self.value * (now - self._t)
+        self._t = now
+        self.value = value
+
+    def area(self, now: float) -> float:
+        return self._area + self.value * (now - self._t)
+
+
+class Recorder:
+    """Collects one replication's observations.
+
+    The model calls it at each event of interest; it keeps only what falls in
+    the measured window.  ``now`` is read from the environment so callers do
+    not have to pass it.
+    """
+
+    def __init__(self, env, start: float, end: float) -> None:  # env: simpy.Environment
+        self.env = env
+        self.start = start
+        self.end = end
+        self.latency: list[float] = []
+        self.checkout: list[float] = []
+        self.query: list[float] = []
+        self.arrivals = 0
+        self.completed = 0
+        self.waited = 0
+        self.timeouts = 0
+        self.errors = 0
+        self.opened = 0
+        self.refusals = 0
+        self.connections = Level()
+        self.busy = Level()
+        self.in_flight = Level()
+        self._areas_at_start: tuple[float, float, float] | None = None
+        self._areas_at_end: tuple[float, float, float] | None = None
+        # Snapshot the step curves at both ends of the window.
+        env.timeout(start).callbacks.append(lambda _e: self._snapshot("start"))
+        env.timeout(end).callbacks.append(lambda _e: self._snapshot("end"))
+
+    def _snapshot(self, which: str) -> None:
+        now = self.env.now
+        areas = (self.connections.area(now), self.busy.area(now), self.in_flight.area(now))
+        if which == "start":
+            self._areas_at_start = areas
+        else:
+            self._areas_at_end = areas
+
+    def measured(self, arrival: float) -> bool:
+        return self.start <= arrival < self.end
+
+    # -- connection events ------------------------------------------------
+    def connection_opened(self, count: int, counted: bool = True) -> None:
+        now = self.env.now
+        self.connections.set(now, count)
+        if counted and self.start <= now < self.end:
+            self.opened += 1
+
+    def connection_closed(self, count: int) -> None:
+        self.connections.set(self.env.now, count)
+
+    def refused(self) -> None:
+        if self.start <= self.env.now < self.end:
+            self.refusals += 1
+
+    # -- request events ---------------------------------------------------
+    def request_started(self) -> None:
+        self.in_flight.set(self.env.now, self.in_flight.value + 1)
+
+    def checked_out(self) -> None:
+        self.busy.set(self.env.now, self.busy.value + 1)
+
+    def checked_in(self) -> None:
+        self.busy.set(self.env.now, self.busy.value - 1)
+
+    def request_finished(
+        self,
+        arrival: float,
+        outcome: int,
+        waited: bool,
+        got_connection: float | None,
+        query_done: float | None,
+    ) -> None:
+        """One request is over: record it if it arrived in the window."""
+        now = self.env.now
+        self.in_flight.set(now, self.in_flight.value - 1)
+        if not (self.start <= arrival < self.end):
+            return
+        if waited:
+            self.waited += 1
+        if got_connection is not None:
+            self.checkout.append(got_connection - arrival)
+        if outcome == OK:
+            self.completed += 1
+            self.latency.append(now - arrival)
+            if query_done is not None and got_connection is not None:
+                self.query.append(query_done - got_connection)
+        elif outcome == TIMEOUT:
+            self.timeouts += 1
+        else:
+            self.errors += 1
+
+    # -- results ----------------------------------------------------------
+    def results(self) -> dict[str, float]:
+        """This replication's value of every metric (NaN where undefined)."""
+        duration = self.end - self.start
+        n = self.arrivals
+        latency = np.asarray(self.latency) * 1000.0
+        checkout = np.asarray(self.checkout) * 1000.0
+        nan = math.nan
+
+        def pct(values: np.ndarray, q: float) -> float:
+            return float(np.percentile(values, q)) if values.size else nan
+
+        def mean(values: np.ndarray) -> float:
+            return float(values.mean()) if values.size else nan
+
+        start_areas = self._areas_at_start or (0.0, 0.0, 0.0)
+        end_areas = self._areas_at_end or (
+            self.connections.area(self.end),
+            self.busy.area(self.end),
+            self.in_flight.area(self.end),
+        )
+        conn_mean, busy_mean, in_flight_mean = (
+            (e - s) / duration for s, e in zip(start_areas, end_areas, strict=True)
+        )
+        finished = self.completed + self.timeouts + self.errors
+        return {
+            "throughput_rps": self.completed / duration,
+            "latency_mean_ms": mean(latency),
+            "latency_p50_ms": pct(latency, 50),
+            "latency_p95_ms": pct(latency, 95),
+            "latency_p99_ms": pct(latency, 99),
+            "checkout_mean_ms": mean(checkout),
+            "checkout_p95_ms": pct(checkout, 95),
+            "p_wait": self.waited / n if n else nan,
+            "timeout_rate": self.timeouts / n if n else nan,
+            "error_rate": self.errors / n if n else nan,
+            "connections_opened_per_s": self.opened / duration,
+            "connections_mean": conn_mean,
+            "offered_rps": n / duration,
+            "query_mean_ms": mean(np.asarray(self.query) * 1000.0),
+            "connections_busy_mean": busy_mean,
+            "in_flight_mean": in_flight_mean,
+            "incomplete_rate": (n - finished) / n if n else nan,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """A metric's point estimate with its 95% interval (None when not computable)."""
+
+    value: float
+    ci95: tuple[float, float] | None
+
+    def to_json(self) -> dict[str, object]:
+        def clean(x: float) -> float | None:
+            return None if math.isnan(x) else x
+
+        return {
+            "value": clean(self.value),
+            "ci95": None if self.ci95 is None else [clean(self.ci95[0]), clean(self.ci95[1])],
+        }
+
+
+def confidence_interval(samples: Sequence[float], level: float = 0.95) -> Estimate:
+    """Mean of independent replications with a Student-t interval.
+
+    NaN samples (a metric undefined in some replication, e.g. a latency
+    percentile when nothing completed) are left out.  One sample gives no
+    interval; identical samples give a zero-width one.
+    """
+    x = np.asarray([s for s in samples if not math.isnan(s)], dtype=float)
+    if x.size == 0:
+        return Estimate(math.nan, None)
+    m = float(x.mean())
+    if x.size == 1:
+        return Estimate(m, None)
+    half = float(stdtrit(x.size - 1, 0.5 + level / 2) * x.std(ddof=1) / math.sqrt(x.size))
+    return Estimate(m, (m - half, m + half))
+
+
+def summarise(replications: Sequence[Mapping[str, float]]) -> dict[str, Estimate]:
+    """Per-metric estimates across replications, in report order."""
+    return {
+        name: confidence_interval([r[name] for r in replications])
+        for name in METRICS
+        if any(name in r for r in replications)
+    }

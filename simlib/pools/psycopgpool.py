@@ -1,0 +1,145 @@
+"""psycopg 3's ``psycopg_pool.ConnectionPool`` (psycopg_pool/pool.py).
+
+* Opening the pool starts ``num_workers`` background threads and has them
+  open ``min_size`` connections; we take those as open before traffic starts.
+* ``getconn()`` takes the oldest idle connection.  With none idle, it refuses
+  at once with ``TooManyRequests`` if ``max_waiting`` requests already wait,
+  otherwise it joins a FIFO queue and waits up to ``timeout`` (then
+  ``PoolTimeout: couldn't get a connection after T sec``).  Joining the queue
+  asks the pool to grow: if fewer than ``max_size`` connections exist and no
+  growth is under way, a background worker opens *one* connection; when it is
+  ready it goes to the first waiter, and if requests are still waiting the
+  worker opens the next.  Growth is deliberately one connection at a time.
+* Every connection gets an expiry date ``max_lifetime`` ahead, shortened by a
+  random 0-5% so connections do not all expire together.  An expired
+  connection is closed when it is returned and a worker opens a replacement.
+* Every ``max_idle`` seconds, if the pool has more than ``min_size``
+  connections and some were idle the whole period, one idle connection is
+  closed.
+* A failed background connect is retried after 1 s, then 2 s, 4 s, ... (±10%),
+  for up to ``reconnect_timeout`` (5 minutes).
+* The ``pool.connection()`` context commits on exit: one round trip.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import simpy
+
+from simlib.database import Connection, ConnectionRefused
+from simlib.pools.base import PoolModel, PoolTimeout, WaitQueue
+from simlib.scenario import PsycopgPoolConfig
+
+RECONNECT_TIMEOUT = 300.0
+INITIAL_DELAY, DELAY_JITTER, DELAY_BACKOFF = 1.0, 0.1, 2.0
+
+
+class PsycopgPoolModel(PoolModel):
+    kind = "psycopg_pool"
+
+    def __init__(self, env, server, recorder, config: PsycopgPoolConfig, uniform) -> None:
+        super().__init__(env, server, recorder)
+        self.config = config
+        self.max_size = config.effective_max_size
+        self.uniform = uniform  # random numbers for the jitters
+        self.idle: deque[Connection] = deque()
+        self.nconns = config.min_size
+        self.nconns_min = config.min_size
+        self.growing = False
+        self.waiters = WaitQueue(env)
+        self.workers = simpy.Resource(env, capacity=config.num_workers)
+        self._reset = server.rtt if config.reset_on_return else 0.0
+
+    def start(self) -> None:
+        for _ in range(self.config.min_size):
+            conn = self.server.preopen()
+            self._set_expiry(conn)
+            self.idle.append(conn)
+        if self.config.max_idle != float("inf"):
+            self.env.process(self._shrink_periodically())
+
+    def _set_expiry(self, conn: Connection) -> None:
+        jitter = 1.0 - 0.05 * self.uniform()
+        conn.expire_at = self.env.now + self.config.max_lifetime * jitter
+
+    # -- getconn ----------------------------------------------------------
+    def checkout(self, request):
+        if self.idle:
+            conn = self.idle.popleft()
+            if len(self.idle) < self.nconns_min:
+                self.nconns_min = len(self.idle)
+            return conn
+        max_waiting = self.config.max_waiting
+        if max_waiting and len(self.waiters) >= max_waiting:
+            raise PoolTimeout(f"TooManyRequests: the pool has already {max_waiting} requests waiting")
+        request.waited = True
+        event = self.waiters.wait(self.config.timeout)
+        self._maybe_grow()
+        conn = yield event
+        if conn is None:
+            raise PoolTimeout(f"PoolTimeout: couldn't get a connection after {self.config.timeout} sec")
+        return conn
+
+    def _maybe_grow(self) -> None:
+        if self.nconns >= self.max_size or self.growing:
+            return
+        self.nconns += 1
+        self.growing = True
+        self.env.process(self._add_connection(growing=True))
+
+    # -- background work --------------------------------------------------
+    def _add_connection(self, growing: bool = False):
+        env = self.env
+        started = env.now
+        delay = INITIAL_DELAY
+        while True:
+            with self.workers.request() as worker:
+                yield worker
+                try:
+                    conn = yield from self.server.connect()
+                    break
+                except ConnectionRefused:
+                    pass
+            if env.now - started >= RECONNECT_TIMEOUT:
+                # psycopg_pool gives up on this connection (and, as in the
+                # library, leaves the "growing" flag set).
+                self.nconns -= 1
+                return
+            yield env.timeout(delay * (1 + DELAY_JITTER * (2 * self.uniform() - 1)))
+            delay *= DELAY_BACKOFF
+        self._set_expiry(conn)
+        self._add_to_pool(conn)
+        if growing:
+            if self.nconns < self.max_size and len(self.waiters):
+                self.nconns += 1
+                env.process(self._add_connection(growing=True))
+            else:
+                self.growing = False
+
+    def _add_to_pool(self, conn: Connection) -> None:
+        if not self.waiters.hand(conn):
+            self.idle.append(conn)
+
+    def _shrink_periodically(self):
+        while True:
+            yield self.env.timeout(self.config.max_idle)
+            nconns_min, self.nconns_min = self.nconns_min, len(self.idle)
+            if self.nconns > self.config.min_size and nconns_min > 0:
+                conn = self.idle.popleft()
+                self.nconns -= 1
+                self.nconns_min -= 1
+                self.server.close(conn)
+
+    # -- putconn ----------------------------------------------------------
+    def reset_delay(self, conn: Connection) -> float:
+        return self._reset
+
+    def release(self, conn: Connection):
+        if conn.expire_at <= self.env.now:
+            self.server.close(conn)
+            self.env.process(self._add_connection())
+        else:
+            self._add_to_pool(conn)
+        return
+        yield

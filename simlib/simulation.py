@@ -1,0 +1,132 @@
+"""Running a scenario: one replication, then many, then confidence intervals.
+
+A replication builds a fresh SimPy environment with the database server, the
+pool and the workload, runs the warm-up and the measured window, then lets
+the requests that arrived in the window finish (the "drain"), because a
+request that arrived at the last instant still counts.  Arrivals go on during
+the drain so late requests see the same load as early ones.  A request still
+unfinished when the drain limit passes counts as incomplete
+(``incomplete_rate``): that only happens in overload without timeouts.
+
+Replications are independent (their own random streams) and run in parallel
+on all cores.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import simpy
+
+from simlib.database import DatabaseServer
+from simlib.metrics import Estimate, Recorder, summarise
+from simlib.pools import make_pool
+from simlib.scenario import Scenario
+from simlib.streams import Streams
+from simlib.workload import Workload
+
+#: How long after the window requests may still finish, as a share of the
+#: window (and at least a minute): generous enough for any pool timeout in use.
+DRAIN_FACTOR, DRAIN_MIN = 1.0, 60.0
+
+
+def run_replication(scenario: Scenario, replication: int) -> dict[str, float]:
+    """Simulate one replication; returns its value of every metric."""
+    w = scenario.workload
+    env = simpy.Environment()
+    streams = Streams(scenario.seed, replication)
+    start, end = w.warmup, w.warmup + w.duration
+    recorder = Recorder(env, start, end)
+    server = DatabaseServer(
+        env,
+        scenario.database,
+        streams.distribution("connect", scenario.database.connect_time),
+        recorder,
+        cpu_bound=scenario.query.cpu_bound,
+    )
+    pool = make_pool(env, server, recorder, scenario.pool, streams.uniform("pool"))
+    workload = Workload(
+        env,
+        w,
+        pool,
+        server,
+        recorder,
+        streams.distribution("service", scenario.query.service_time),
+        streams,
+        picks_keys=w.write_fraction > 0
+        or scenario.cache is not None
+        or scenario.replicas is not None,
+    )
+    pool.start()
+    workload.start()
+    env.run(until=end)
+    if workload.pending:
+        limit = env.timeout(max(DRAIN_MIN, DRAIN_FACTOR * w.duration))
+        env.run(until=env.any_of([workload.drained, limit]))
+    return recorder.results()
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """All replications of one scenario and their summary."""
+
+    scenario: Scenario
+    replications: tuple[dict[str, float], ...]
+    metrics: dict[str, Estimate]
+
+    def to_json(self) -> dict[str, object]:
+        """The contract's JSON document."""
+        return {
+            "executor": "simlib",
+            "scenario": self.scenario.name,
+            "replications": len(self.replications),
+            "seed": self.scenario.seed,
+            "metrics": {name: est.to_json() for name, est in self.metrics.items()},
+        }
+
+
+def _run_one(args: tuple[Scenario, int]) -> dict[str, float]:
+    return run_replication(*args)
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def run_jobs(
+    jobs: Sequence[tuple[Scenario, int]], workers: int | None = None, progress=None
+) -> list[dict[str, float]]:
+    """Run (scenario, replication) jobs, in parallel when it helps; results in job order.
+
+    ``progress`` is called once per finished job (a tqdm bar's ``update``).
+    """
+    workers = default_workers() if workers is None else workers
+    if workers <= 1 or len(jobs) <= 1:
+        results = []
+        for job in jobs:
+            results.append(_run_one(job))
+            if progress:
+                progress(1)
+        return results
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as executor:
+        results = []
+        for result in executor.map(_run_one, jobs):
+            results.append(result)
+            if progress:
+                progress(1)
+        return results
+
+
+def simulate(scenario: Scenario, workers: int | None = None) -> SimulationResult:
+    """Run every replication of ``scenario`` and summarise them."""
+    jobs = [(scenario, r) for r in range(scenario.replications)]
+    results = run_jobs(jobs, workers)
+    return summarise_result(scenario, results)
+
+
+def summarise_result(scenario: Scenario, results: Iterable[dict[str, float]]) -> SimulationResult:
+    results = tuple(results)
+    return SimulationResult(scenario, results, summarise(results))

@@ -35,11 +35,22 @@ def build_parser() -> Parser:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("scenario", help="scenario TOML file")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one field, e.g. pool.pool_size=8 (value read as TOML)")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override one field, e.g. pool.pool_size=8 (value read as TOML)",
+        )
         p.add_argument("--json", action="store_true", help="print one JSON document")
-        p.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="processes to use (default: all cores)")
+        p.add_argument(
+            "--workers",
+            type=int,
+            default=None,
+            metavar="N",
+            help="processes to use (default: all cores)",
+        )
 
     run = sub.add_parser("run", help="simulate one scenario")
     common(run)
@@ -47,8 +58,14 @@ def build_parser() -> Parser:
 
     sw = sub.add_parser("sweep", help="simulate every combination of a parameter grid")
     common(sw)
-    sw.add_argument("--grid", action="append", default=[], required=True, metavar="KEY=VALUES",
-                    help="e.g. pool.pool_size=1..20 or workload.rate=100,200,400")
+    sw.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        required=True,
+        metavar="KEY=VALUES",
+        help="e.g. pool.pool_size=1..20 or workload.rate=100,200,400",
+    )
     sw.add_argument("--out", metavar="CSV", help="CSV file (default: results/<name>-sweep.csv)")
     sw.add_argument("--plot", metavar="PNG", help="figure (default: next to the CSV, .png)")
     sw.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -64,8 +81,10 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_json(), allow_nan=False))
     else:
         w = scenario.workload
-        note = (f"{scenario.replications} replications, seed {scenario.seed}, "
-                f"{w.duration:g} s measured after {w.warmup:g} s warm-up; ± is the 95% interval")
+        note = (
+            f"{scenario.replications} replications, seed {scenario.seed}, "
+            f"{w.duration:g} s measured after {w.warmup:g} s warm-up; ± is the 95% interval"
+        )
         print(table(f"simlib: {scenario.name} (pool {scenario.pool.kind})", result.metrics, note))
         if args.plot:
             print(f"figure: {args.plot}")
@@ -97,8 +116,14 @@ def _sweep(args: argparse.Namespace) -> int:
         }
         print(json.dumps(doc))
     else:
-        cols = list(grid) + ["throughput_rps", "latency_mean_ms", "latency_p95_ms",
-                             "p_wait", "timeout_rate", "connections_mean"]
+        cols = list(grid) + [
+            "throughput_rps",
+            "latency_mean_ms",
+            "latency_p95_ms",
+            "p_wait",
+            "timeout_rate",
+            "connections_mean",
+        ]
         print(frame[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
         print(f"csv: {out}\nplot: {plot}")
     return 0
@@ -117,4 +142,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("simlib: interrupted", file=sys.stderr)
         return 130
-

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import IO
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = False) -> None:
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[IO], None], binary: bool = False
+) -> None:
     """Call ``write(file)`` on a temporary file, then move it to ``path``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

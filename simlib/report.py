@@ -65,8 +65,10 @@ def format_estimate(est: Estimate) -> str:
 
 def table(title: str, metrics: Mapping[str, Estimate], note: str = "") -> str:
     """A plain-text table: metric, value ± 95% half-width, meaning."""
-    rows = [(name, format_estimate(est), UNITS.get(name, ""), DESCRIPTIONS.get(name, ""))
-            for name, est in metrics.items()]
+    rows = [
+        (name, format_estimate(est), UNITS.get(name, ""), DESCRIPTIONS.get(name, ""))
+        for name, est in metrics.items()
+    ]
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     w2 = max(len(r[2]) for r in rows)
@@ -87,8 +89,14 @@ def plot_run(metrics: Mapping[str, Estimate], title: str, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ["latency_p50_ms", "latency_mean_ms", "latency_p95_ms", "latency_p99_ms",
-             "checkout_mean_ms", "checkout_p95_ms"]
+    names = [
+        "latency_p50_ms",
+        "latency_mean_ms",
+        "latency_p95_ms",
+        "latency_p99_ms",
+        "checkout_mean_ms",
+        "checkout_p95_ms",
+    ]
     labels = ["p50", "mean", "p95", "p99", "checkout\nmean", "checkout\np95"]
     values, errors = [], []
     for name in names:
@@ -97,12 +105,13 @@ def plot_run(metrics: Mapping[str, Estimate], title: str, path: str) -> None:
         half = 0.0 if est.ci95 is None else (est.ci95[1] - est.ci95[0]) / 2
         errors.append(0.0 if math.isnan(half) else half)
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar(labels, values, yerr=errors, capsize=4,
-           color=["#4c72b0"] * 4 + ["#dd8452"] * 2)
+    ax.bar(labels, values, yerr=errors, capsize=4, color=["#4c72b0"] * 4 + ["#dd8452"] * 2)
     ax.set_ylabel("milliseconds")
     thr = metrics["throughput_rps"]
-    ax.set_title(f"{title}\nthroughput {format_estimate(thr)} req/s, "
-                 f"timeouts {format_number(metrics['timeout_rate'].value)}")
+    ax.set_title(
+        f"{title}\nthroughput {format_estimate(thr)} req/s, "
+        f"timeouts {format_number(metrics['timeout_rate'].value)}"
+    )
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     atomic_savefig(fig, path)

@@ -24,7 +24,7 @@ import simpy
 from simlib.database import DatabaseServer
 from simlib.metrics import Estimate, Recorder, summarise
 from simlib.pools import make_pool
-from simlib.scenario import Scenario
+from simlib.scenario import Scenario, ScenarioError
 from simlib.streams import Streams
 from simlib.workload import Workload
 
@@ -33,8 +33,24 @@ from simlib.workload import Workload
 DRAIN_FACTOR, DRAIN_MIN = 1.0, 60.0
 
 
+def check_supported(scenario: Scenario) -> None:
+    """Refuse sections this version of the model does not simulate yet.
+
+    Quietly ignoring a ``[cache]`` would predict the wrong system, which is
+    worse than no prediction.
+    """
+    for section in ("cache", "replicas"):
+        if getattr(scenario, section) is not None:
+            raise ScenarioError(
+                section,
+                f"the [{section}] section is not simulated yet; remove it to simulate "
+                "the connection pool alone",
+            )
+
+
 def run_replication(scenario: Scenario, replication: int) -> dict[str, float]:
     """Simulate one replication; returns its value of every metric."""
+    check_supported(scenario)
     w = scenario.workload
     env = simpy.Environment()
     streams = Streams(scenario.seed, replication)
@@ -122,6 +138,7 @@ def run_jobs(
 
 def simulate(scenario: Scenario, workers: int | None = None) -> SimulationResult:
     """Run every replication of ``scenario`` and summarise them."""
+    check_supported(scenario)
     jobs = [(scenario, r) for r in range(scenario.replications)]
     results = run_jobs(jobs, workers)
     return summarise_result(scenario, results)

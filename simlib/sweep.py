@@ -24,7 +24,7 @@ import pandas as pd
 
 from simlib.metrics import METRICS, summarise
 from simlib.scenario import Scenario, ScenarioError
-from simlib.simulation import run_jobs
+from simlib.simulation import check_supported, run_jobs
 
 MAX_POINTS = 10_000
 
@@ -42,17 +42,23 @@ def parse_grid(spec: str) -> tuple[str, list[Any]]:
     key, values = key.strip(), values.strip()
     if not sep or not key or not values:
         raise ScenarioError(
-            "--grid", f"must be KEY=VALUES with VALUES like 1..20, 0.5..2..0.5 or 100,200,400, got {spec!r}"
+            "--grid",
+            f"must be KEY=VALUES with VALUES like 1..20, 0.5..2..0.5 or 100,200,400, got {spec!r}",
         )
     if ".." in values:
         parts = [_value(p) for p in values.split("..")]
         numeric = all(isinstance(p, int | float) and not isinstance(p, bool) for p in parts)
         if len(parts) not in (2, 3) or not numeric:
-            raise ScenarioError(f"--grid {key}", f"a range must be START..STOP or START..STOP..STEP of numbers, got {values!r}")
+            raise ScenarioError(
+                f"--grid {key}",
+                f"a range must be START..STOP or START..STOP..STEP of numbers, got {values!r}",
+            )
         start, stop = parts[0], parts[1]
         step = parts[2] if len(parts) == 3 else 1
         if step <= 0 or stop < start:
-            raise ScenarioError(f"--grid {key}", f"a range needs STOP >= START and STEP > 0, got {values!r}")
+            raise ScenarioError(
+                f"--grid {key}", f"a range needs STOP >= START and STEP > 0, got {values!r}"
+            )
         count = math.floor((stop - start) / step + 1e-9) + 1
         if count > MAX_POINTS:
             raise ScenarioError(f"--grid {key}", f"at most {MAX_POINTS} values, got {count}")
@@ -79,6 +85,8 @@ def sweep(
     if len(combos) > MAX_POINTS:
         raise ScenarioError("--grid", f"at most {MAX_POINTS} points in all, got {len(combos)}")
     scenarios = [scenario.with_values(combo) for combo in combos]  # validates every point first
+    for s in scenarios:
+        check_supported(s)
     jobs = [(s, r) for s in scenarios for r in range(s.replications)]
     bar = None
     if progress is True:

@@ -28,7 +28,7 @@ import simpy
 from simlib.database import ConnectionRefused, DatabaseServer
 from simlib.metrics import ERROR, OK, TIMEOUT, Recorder
 from simlib.pools.base import PoolModel, PoolTimeout
-from simlib.scenario import Workload
+from simlib.scenario import Workload as WorkloadConfig
 from simlib.streams import Streams
 
 #: A closed-loop client whose request failed without any time passing (a
@@ -57,7 +57,7 @@ class Workload:
     def __init__(
         self,
         env: simpy.Environment,
-        config: Workload,
+        config: WorkloadConfig,
         pool: PoolModel,
         server: DatabaseServer,
         recorder: Recorder,

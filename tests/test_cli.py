@@ -20,8 +20,13 @@ QUICK = ["--set", "workload.duration=2", "--set", "workload.warmup=0.5", "--set"
 
 
 def simlib(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "simlib", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "simlib", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 def test_run_json_is_one_contract_document():
@@ -45,19 +50,23 @@ def test_run_table_and_plot(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary left behind
 
 
-@pytest.mark.parametrize("args,field", [
-    (["run", str(DEMO), "--set", "pool.pool_size=-3"], "pool.pool_size"),
-    (["run", str(DEMO), "--set", "workload.kind=half-open"], "workload.kind"),
-    (["run", str(DEMO), "--set", "nonsense"], "--set"),
-    (["run", "missing.toml"], "missing.toml"),
-    (["run", str(DEMO), "--workers", "0"], "--workers"),
-    (["run"], "scenario"),
-    (["fly", str(DEMO)], "command"),
-    (["sweep", str(DEMO)], "--grid"),
-    (["sweep", str(DEMO), "--grid", "pool.pool_size=9..2"], "--grid pool.pool_size"),
-    (["sweep", str(DEMO), "--grid", "pool.pool_size"], "--grid"),
-    (["sweep", str(DEMO), "--grid", "pool.pool_size=1,-1"], "pool.pool_size"),
-])
+@pytest.mark.parametrize(
+    "args,field",
+    [
+        (["run", str(DEMO), "--set", "pool.pool_size=-3"], "pool.pool_size"),
+        (["run", str(DEMO), "--set", "workload.kind=half-open"], "workload.kind"),
+        (["run", str(DEMO), "--set", "nonsense"], "--set"),
+        (["run", "missing.toml"], "missing.toml"),
+        (["run", str(DEMO), "--workers", "0"], "--workers"),
+        (["run"], "scenario"),
+        (["fly", str(DEMO)], "command"),
+        (["sweep", str(DEMO)], "--grid"),
+        (["sweep", str(DEMO), "--grid", "pool.pool_size=9..2"], "--grid pool.pool_size"),
+        (["sweep", str(DEMO), "--grid", "pool.pool_size"], "--grid"),
+        (["sweep", str(DEMO), "--grid", "pool.pool_size=1,-1"], "pool.pool_size"),
+        (["run", str(DEMO), "--set", "cache.ttl=10"], "cache"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args, field):
     out = simlib(*args)
     assert out.returncode == 2
@@ -101,7 +110,9 @@ def test_parse_grid_forms():
     assert parse_grid("pool.pool_size=2..10..4") == ("pool.pool_size", [2, 6, 10])
     assert parse_grid("workload.rate=100,200.5") == ("workload.rate", [100, 200.5])
     assert parse_grid("database.network_rtt=0.001..0.003..0.001") == (
-        "database.network_rtt", [0.001, 0.002, 0.003])
+        "database.network_rtt",
+        [0.001, 0.002, 0.003],
+    )
     assert parse_grid("pool.kind=none") == ("pool.kind", ["none"])
 
 
@@ -118,8 +129,18 @@ def test_sweep_api_returns_one_row_per_point_with_intervals():
 
 def test_sweep_cli_writes_csv_and_plot(tmp_path):
     csv = tmp_path / "out.csv"
-    out = simlib("sweep", str(DEMO), *QUICK, "--grid", "pool.pool_size=1..3",
-                 "--grid", "workload.rate=100,200", "--out", str(csv), "--json")
+    out = simlib(
+        "sweep",
+        str(DEMO),
+        *QUICK,
+        "--grid",
+        "pool.pool_size=1..3",
+        "--grid",
+        "workload.rate=100,200",
+        "--out",
+        str(csv),
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert len(doc["points"]) == 6

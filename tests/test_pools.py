@@ -28,18 +28,30 @@ from simlib.workload import Request
 class Harness:
     """A pool model on its own, driven by explicit (arrival, hold) requests."""
 
-    def __init__(self, pool: dict, connect_time: float = 0.0, rtt: float = 0.0,
-                 max_connections: int = 100, uniform=lambda: 0.5) -> None:
-        scenario = parse_scenario({
-            "pool": pool,
-            "database": {"connect_time": connect_time, "network_rtt": rtt,
-                         "max_connections": max_connections},
-        })
+    def __init__(
+        self,
+        pool: dict,
+        connect_time: float = 0.0,
+        rtt: float = 0.0,
+        max_connections: int = 100,
+        uniform=lambda: 0.5,
+    ) -> None:
+        scenario = parse_scenario(
+            {
+                "pool": pool,
+                "database": {
+                    "connect_time": connect_time,
+                    "network_rtt": rtt,
+                    "max_connections": max_connections,
+                },
+            }
+        )
         self.env = simpy.Environment()
         self.recorder = Recorder(self.env, 0.0, 1e9)
         constant = float(connect_time)
-        self.server = DatabaseServer(self.env, scenario.database, lambda: constant,
-                                     self.recorder, cpu_bound=False)
+        self.server = DatabaseServer(
+            self.env, scenario.database, lambda: constant, self.recorder, cpu_bound=False
+        )
         self.pool = make_pool(self.env, self.server, self.recorder, scenario.pool, uniform)
         self.pool.start()
         self.outcomes: list[tuple[int, str, float, float]] = []  # (i, outcome, got_at, done_at)
@@ -115,14 +127,20 @@ def random_trace(seed: int, n: int = 60) -> list[tuple[float, float]]:
 
 def real_queuepool(trace, pool_size, max_overflow, use_lifo, recycle, monkeypatch):
     """Play the trace through sqlalchemy.pool.QueuePool with a fake clock."""
-    from sqlalchemy.pool import QueuePool
     from sqlalchemy.exc import TimeoutError as SATimeout
+    from sqlalchemy.pool import QueuePool
 
     clock = {"now": 1000.0}
     monkeypatch.setattr(time, "time", lambda: clock["now"])
     FakeDBAPIConnection.opened = FakeDBAPIConnection.closed = 0
-    pool = QueuePool(FakeDBAPIConnection, pool_size=pool_size, max_overflow=max_overflow,
-                     timeout=0, use_lifo=use_lifo, recycle=recycle)
+    pool = QueuePool(
+        FakeDBAPIConnection,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        timeout=0,
+        use_lifo=use_lifo,
+        recycle=recycle,
+    )
     events = []  # (time, kind, i): returns sort before checkouts at the same time
     for i, (at, hold) in enumerate(trace):
         events.append((at, 1, i, hold))
@@ -147,17 +165,35 @@ def real_queuepool(trace, pool_size, max_overflow, use_lifo, recycle, monkeypatc
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("pool_size,max_overflow,use_lifo,recycle", [
-    (2, 3, False, -1), (3, 0, False, -1), (1, 2, True, -1), (2, 2, False, 0.05005), (0, 5, False, -1),
-])
-def test_queuepool_matches_sqlalchemy(seed, pool_size, max_overflow, use_lifo, recycle, monkeypatch):
+@pytest.mark.parametrize(
+    "pool_size,max_overflow,use_lifo,recycle",
+    [
+        (2, 3, False, -1),
+        (3, 0, False, -1),
+        (1, 2, True, -1),
+        (2, 2, False, 0.05005),
+        (0, 5, False, -1),
+    ],
+)
+def test_queuepool_matches_sqlalchemy(
+    seed, pool_size, max_overflow, use_lifo, recycle, monkeypatch
+):
     trace = random_trace(seed)
     real, real_opened, real_closed, real_idle = real_queuepool(
-        trace, pool_size, max_overflow, use_lifo, recycle, monkeypatch)
+        trace, pool_size, max_overflow, use_lifo, recycle, monkeypatch
+    )
     monkeypatch.undo()
-    h = Harness({"kind": "sqlalchemy", "pool_size": pool_size, "max_overflow": max_overflow,
-                 "pool_timeout": 0.0, "use_lifo": use_lifo, "pool_recycle": recycle,
-                 "reset_on_return": False})
+    h = Harness(
+        {
+            "kind": "sqlalchemy",
+            "pool_size": pool_size,
+            "max_overflow": max_overflow,
+            "pool_timeout": 0.0,
+            "use_lifo": use_lifo,
+            "pool_recycle": recycle,
+            "reset_on_return": False,
+        }
+    )
     for i, (at, hold) in enumerate(trace):
         h.request(i, at, hold)
     model = {i: outcome for i, outcome, _, _ in h.run()}
@@ -183,9 +219,9 @@ def test_queuepool_timeout_message_is_sqlalchemys():
 
 def test_queuepool_waits_fifo_and_times_out_at_pool_timeout():
     h = Harness({"kind": "sqlalchemy", "pool_size": 1, "max_overflow": 0, "pool_timeout": 0.5})
-    h.request(0, 0.0, 1.0)   # holds the only connection until t=1
-    h.request(1, 0.1, 0.1)   # waits; gives up at 0.6
-    h.request(2, 0.7, 0.1)   # waits from 0.7; gets it at 1.0
+    h.request(0, 0.0, 1.0)  # holds the only connection until t=1
+    h.request(1, 0.1, 0.1)  # waits; gives up at 0.6
+    h.request(2, 0.7, 0.1)  # waits from 0.7; gets it at 1.0
     out = {i: (o, got) for i, o, got, _ in h.run()}
     assert out[1][0].startswith("timeout") and out[1][1] == pytest.approx(0.6)
     assert out[2] == ("ok", pytest.approx(1.0))
@@ -193,8 +229,9 @@ def test_queuepool_waits_fifo_and_times_out_at_pool_timeout():
 
 def test_queuepool_pre_ping_skips_fresh_connections_and_reset_costs_a_round_trip():
     rtt = 0.001
-    h = Harness({"kind": "sqlalchemy", "pool_size": 1, "pool_pre_ping": True}, rtt=rtt,
-                connect_time=0.004)
+    h = Harness(
+        {"kind": "sqlalchemy", "pool_size": 1, "pool_pre_ping": True}, rtt=rtt, connect_time=0.004
+    )
     h.request(0, 0.0, 0.010)  # opens: 4 ms, no ping; returns at 4+10+1 (reset) ms
     h.request(1, 0.1, 0.010)  # reuses: one ping round trip
     out = {i: (got, done) for i, _, got, done in h.run()}
@@ -261,15 +298,18 @@ def test_threaded_pool_matches_psycopg2(seed, minconn, maxconn, monkeypatch):
             heapq.heappush(pending, (at + hold, 0, i, 0.0))
         except psycopg2.pool.PoolError as e:
             real[i] = f"timeout: {e}"
-    h = Harness({"kind": "psycopg2", "minconn": minconn, "maxconn": maxconn,
-                 "reset_on_return": False})
+    h = Harness(
+        {"kind": "psycopg2", "minconn": minconn, "maxconn": maxconn, "reset_on_return": False}
+    )
     for i, (at, hold) in enumerate(trace):
         h.request(i, at, hold)
     model = {i: o for i, o, _, _ in h.run()}
     assert model == real
     # The model pre-opens minconn (the constructor's connects) without counting them.
-    assert (h.opened + minconn, h.closed) == (FakePsycopg2Connection.opened,
-                                             FakePsycopg2Connection.closed_count)
+    assert (h.opened + minconn, h.closed) == (
+        FakePsycopg2Connection.opened,
+        FakePsycopg2Connection.closed_count,
+    )
 
 
 def test_threaded_pool_lock_serialises_connects():
@@ -298,8 +338,9 @@ def test_psycopg_pool_grows_one_connection_at_a_time():
 
 
 def test_psycopg_pool_max_waiting_and_timeout_messages():
-    h = Harness({"kind": "psycopg_pool", "min_size": 1, "max_size": 1, "max_waiting": 1,
-                 "timeout": 0.5})
+    h = Harness(
+        {"kind": "psycopg_pool", "min_size": 1, "max_size": 1, "max_waiting": 1, "timeout": 0.5}
+    )
     h.request(0, 0.0, 2.0)
     h.request(1, 0.1, 0.1)  # waits, times out at 0.6
     h.request(2, 0.2, 0.1)  # one already waiting: TooManyRequests at once
@@ -311,9 +352,12 @@ def test_psycopg_pool_max_waiting_and_timeout_messages():
 
 def test_psycopg_pool_max_lifetime_replaces_on_return():
     # uniform() = 0 -> no jitter: expiry exactly max_lifetime after opening.
-    h = Harness({"kind": "psycopg_pool", "min_size": 1, "max_lifetime": 1.0},
-                connect_time=0.01, uniform=lambda: 0.0)
-    h.request(0, 0.5, 0.1)   # returned at 0.6: still young
+    h = Harness(
+        {"kind": "psycopg_pool", "min_size": 1, "max_lifetime": 1.0},
+        connect_time=0.01,
+        uniform=lambda: 0.0,
+    )
+    h.request(0, 0.5, 0.1)  # returned at 0.6: still young
     h.request(1, 0.95, 0.1)  # returned at 1.05: expired -> closed, replacement opened
     h.request(2, 1.5, 0.1)
     h.run(until=3.0)
@@ -322,13 +366,14 @@ def test_psycopg_pool_max_lifetime_replaces_on_return():
 
 
 def test_psycopg_pool_shrinks_one_idle_connection_per_max_idle():
-    h = Harness({"kind": "psycopg_pool", "min_size": 1, "max_size": 3, "max_idle": 10.0},
-                connect_time=0.01)
+    h = Harness(
+        {"kind": "psycopg_pool", "min_size": 1, "max_size": 3, "max_idle": 10.0}, connect_time=0.01
+    )
     for i in range(3):
         h.request(i, 0.0, 0.5)  # grows to 3
     h.run(until=9.0)
     assert h.server.connections == 3
-    h.env.run(until=10.5)   # first period: connections were in use at the start -> none dropped
+    h.env.run(until=10.5)  # first period: connections were in use at the start -> none dropped
     h.env.run(until=40.5)
     assert h.server.connections == 1  # then one per period down to min_size
 
@@ -349,25 +394,29 @@ def test_asyncpg_lifo_reuses_one_hot_connection_and_connects_lazily():
 
 
 def test_asyncpg_max_queries_and_inactive_lifetime():
-    h = Harness({"kind": "asyncpg", "min_size": 1, "max_size": 1, "max_queries": 2},
-                connect_time=0.01)
+    h = Harness(
+        {"kind": "asyncpg", "min_size": 1, "max_size": 1, "max_queries": 2}, connect_time=0.01
+    )
     for i in range(5):
         h.request(i, i * 1.0, 0.1)
     h.run(until=10.0)
     # queries 1,2 on the first; closed; 3,4 on a new one; closed; 5 on a third
     assert (h.opened, h.closed) == (2, 2)
-    h2 = Harness({"kind": "asyncpg", "min_size": 1, "max_size": 1,
-                  "max_inactive_connection_lifetime": 1.0}, connect_time=0.01)
-    h2.request(0, 0.0, 0.1)   # released at 0.1 -> closed at 1.1
-    h2.request(1, 2.0, 0.1)   # reconnects lazily
+    h2 = Harness(
+        {"kind": "asyncpg", "min_size": 1, "max_size": 1, "max_inactive_connection_lifetime": 1.0},
+        connect_time=0.01,
+    )
+    h2.request(0, 0.0, 0.1)  # released at 0.1 -> closed at 1.1
+    h2.request(1, 2.0, 0.1)  # reconnects lazily
     out = {i: got for i, _, got, _ in h2.run(until=2.5)}
     assert out[1] == pytest.approx(2.01)
     assert (h2.opened, h2.closed) == (1, 1)  # the second is closed at 3.1, after the end
 
 
 def test_asyncpg_acquire_timeout_includes_the_lazy_connect():
-    h = Harness({"kind": "asyncpg", "min_size": 0, "max_size": 1, "timeout": 0.005},
-                connect_time=0.01)
+    h = Harness(
+        {"kind": "asyncpg", "min_size": 0, "max_size": 1, "timeout": 0.005}, connect_time=0.01
+    )
     h.request(0, 0.0, 0.1)
     out = h.run()
     assert out[0][1].startswith("timeout") and out[0][2] == pytest.approx(0.005)

@@ -72,13 +72,17 @@ class PsycopgPoolModel(PoolModel):
             return conn
         max_waiting = self.config.max_waiting
         if max_waiting and len(self.waiters) >= max_waiting:
-            raise PoolTimeout(f"TooManyRequests: the pool has already {max_waiting} requests waiting")
+            raise PoolTimeout(
+                f"TooManyRequests: the pool has already {max_waiting} requests waiting"
+            )
         request.waited = True
         event = self.waiters.wait(self.config.timeout)
         self._maybe_grow()
         conn = yield event
         if conn is None:
-            raise PoolTimeout(f"PoolTimeout: couldn't get a connection after {self.config.timeout} sec")
+            raise PoolTimeout(
+                f"PoolTimeout: couldn't get a connection after {self.config.timeout} sec"
+            )
         return conn
 
     def _maybe_grow(self) -> None:

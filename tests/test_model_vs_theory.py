@@ -46,6 +46,7 @@ import pytest
 from scipy import stats
 
 from simlib import theory
+from simlib.metrics import confidence_interval
 from simlib.scenario import Scenario, parse_scenario
 from simlib.simulation import SimulationResult, simulate
 
@@ -123,8 +124,8 @@ class Comparison:
         err = f"{self.error:.4f} {unit}" if self.probability else f"{self.error:+.2%}"
         lo, hi = self.ci95
         return (
-            f"| {self.case} | {self.metric} | {self.theory:.4g} | {self.value:.4g} "
-            f"| [{lo:.4g}, {hi:.4g}] | {err} |"
+            f"| {self.case} | {self.metric} | {self.theory:.4g} | {self.value:.5g} "
+            f"| [{lo:.5g}, {hi:.5g}] | {err} |"
         )
 
 
@@ -196,6 +197,7 @@ def mmc_run() -> SimulationResult:
     )
 
 
+@pytest.mark.slow
 def test_erlang_c_wait_probability_and_mean_wait(mmc_run: SimulationResult) -> None:
     mmc = theory.mmc(MMC_LAMBDA, MMC_MU, MMC_C)
     case = "M/M/4 ρ=0.6 (QueuePool 4+0, timeout inf)"
@@ -206,6 +208,7 @@ def test_erlang_c_wait_probability_and_mean_wait(mmc_run: SimulationResult) -> N
     agrees(mmc_run, "timeout_rate", 0.0, case, probability=True)
 
 
+@pytest.mark.slow
 def test_littles_law(mmc_run: SimulationResult) -> None:
     """L = λW between the simulator's own time averages and per-request means.
 
@@ -227,15 +230,15 @@ def test_littles_law(mmc_run: SimulationResult) -> None:
     x = np.array([r["throughput_rps"] for r in mmc_run.replications])
     w = np.array([r["latency_mean_ms"] for r in mmc_run.replications]) / 1000
     l = np.array([r["in_flight_mean"] for r in mmc_run.replications])
-    ratio = l / (x * w)
+    ratio = confidence_interval(l / (x * w))
     COMPARISONS.append(
         Comparison(
             case,
             "in_flight_mean / (throughput x latency_mean)",
             1.0,
-            float(ratio.mean()),
-            (float(ratio.min()), float(ratio.max())),  # min..max over replications
-            float(ratio.mean() - 1.0),
+            ratio.value,
+            ratio.ci95,
+            ratio.value - 1.0,
             False,
         )
     )
@@ -249,13 +252,16 @@ PATIENCE_C, PATIENCE_MU, PATIENCE_T = 4, 200.0, 0.005
 
 @pytest.mark.parametrize("rho", [0.9, 1.3])
 def test_pool_timeout_is_deterministic_patience(rho: float) -> None:
+    # 10 x 150 s (1.1M / 1.6M requests): half-widths ~0.003 for P(wait) at
+    # ρ = 0.9 (its noisiest figure) and under 1% for the mean wait, which is
+    # precise because waits are cut off at T.
     lam = rho * PATIENCE_C * PATIENCE_MU
     result = simulate(
         scenario(
             f"patience-{rho}",
             seed=77,
             replications=10,
-            workload={"kind": "open", "rate": lam, "duration": 60.0, "warmup": 2.0},
+            workload={"kind": "open", "rate": lam, "duration": 150.0, "warmup": 2.0},
             service=exponential(1.0 / PATIENCE_MU),
             pool=queue_pool(PATIENCE_C, timeout=PATIENCE_T),
         )
@@ -287,12 +293,13 @@ B_C, B_MEAN, B_LAMBDA = 8, 0.005, 1200.0  # a = 6 Erlangs on 8 connections
 def test_psycopg2_exhaustion_is_erlang_b(service: dict[str, object]) -> None:
     # All c connections are opened up front and never reset, so psycopg2's
     # lock is only ever held for zero time: a pure loss system M/G/c/c.
+    # 10 x 50 s = 600k requests: half-width ~0.002 (0.003 for lognormal cv 2).
     result = simulate(
         scenario(
             f"erlang-b-{service['dist']}",
             seed=31,
             replications=10,
-            workload={"kind": "open", "rate": B_LAMBDA, "duration": 30.0, "warmup": 1.0},
+            workload={"kind": "open", "rate": B_LAMBDA, "duration": 50.0, "warmup": 1.0},
             service=service,
             pool={"kind": "psycopg2", "minconn": B_C, "maxconn": B_C, "reset_on_return": False},
         )
@@ -310,6 +317,9 @@ def test_psycopg2_exhaustion_is_erlang_b(service: dict[str, object]) -> None:
 
 
 def test_closed_workload_is_machine_repairman() -> None:
+    # 20 clients, 20 ms think, 4 connections of 5 ms: 89% busy, 69% wait.
+    # 10 x 120 s = 860k requests: half-widths ~0.5% (response), ~1% (wait),
+    # ~0.003 (P(wait)).
     clients, think, mu, c = 20, 0.02, 200.0, 4
     result = simulate(
         scenario(
@@ -320,7 +330,7 @@ def test_closed_workload_is_machine_repairman() -> None:
                 "kind": "closed",
                 "clients": clients,
                 "think_time": think,
-                "duration": 60.0,
+                "duration": 120.0,
                 "warmup": 2.0,
             },
             service=exponential(1.0 / mu),
@@ -342,13 +352,18 @@ def test_closed_workload_is_machine_repairman() -> None:
 PS_MU, PS_LAMBDA = 1000.0, 700.0  # 1 ms of CPU per query, ρ = 0.7 on one core
 
 
-def _one_core(name: str, service: dict[str, object], c: int) -> SimulationResult:
+def _one_core(
+    name: str, service: dict[str, object], c: int, duration: float = 120.0
+) -> SimulationResult:
+    # At ρ = 0.7 mean responses converge slowly (for M/M/1 the variance of
+    # the mean of n responses is ~30 W² / n): 10 x 120 s = 840k requests give
+    # a standard error of ~0.6%, a half-width of ~1.4%.
     return simulate(
         scenario(
             name,
             seed=11,
             replications=10,
-            workload={"kind": "open", "rate": PS_LAMBDA, "duration": 60.0, "warmup": 1.0},
+            workload={"kind": "open", "rate": PS_LAMBDA, "duration": duration, "warmup": 1.0},
             service=service,
             pool=queue_pool(c),
             cpu_bound=True,
@@ -366,6 +381,7 @@ def test_large_pool_on_one_core_is_mm1_processor_sharing() -> None:
     agrees(result, "p_wait", 0.0, case, probability=True)
 
 
+@pytest.mark.slow
 def test_small_pool_beats_processor_sharing_for_constant_queries() -> None:
     """M/D/1: one connection (FCFS) answers faster on average than 100 (PS).
 
@@ -374,7 +390,7 @@ def test_small_pool_beats_processor_sharing_for_constant_queries() -> None:
     """
     d = 1.0 / PS_MU
     ps = _one_core("md1-ps", constant(d), 100)
-    fcfs = _one_core("md1-fcfs", constant(d), 1)
+    fcfs = _one_core("md1-fcfs", constant(d), 1, duration=60.0)  # M/D/1 FCFS varies less
     agrees(
         ps,
         "latency_mean_ms",
@@ -399,6 +415,7 @@ def test_small_pool_beats_processor_sharing_for_constant_queries() -> None:
 COVERAGE_RUNS, COVERAGE_REQUIRED = 50, 45  # at least 90%
 
 
+@pytest.mark.slow
 def test_confidence_interval_coverage() -> None:
     """Independent seeded runs; their 95% intervals for P(wait) should cover Erlang C.
 

@@ -26,15 +26,20 @@ def scenario(**sections):
     return parse_scenario(base)
 
 
-def test_keys_follow_the_popularity_distribution():
-    """Chi-square goodness of fit of 200,000 drawn keys against the Zipf law."""
-    s = scenario(workload={"keys": 50, "popularity": {"dist": "zipf", "s": 0.9}})
+def standalone_workload(s) -> Workload:
+    """A Workload outside a run, to draw its keys and write flags directly."""
     env = simpy.Environment()
     rec = Recorder(env, 0, 1)
     server = DatabaseServer(env, s.database, lambda: 0.0, rec, cpu_bound=False)
     streams = Streams(s.seed, 0)
     pool = make_pool(env, server, rec, s.pool, streams.uniform("pool"))
-    w = Workload(env, s.workload, pool, server, rec, lambda: 0.001, streams, picks_keys=True)
+    return Workload(env, s.workload, pool, server, rec, lambda: 0.001, streams, picks_keys=True)
+
+
+def test_keys_follow_the_popularity_distribution():
+    """Chi-square goodness of fit of 200,000 drawn keys against the Zipf law."""
+    s = scenario(workload={"keys": 50, "popularity": {"dist": "zipf", "s": 0.9}})
+    w = standalone_workload(s)
     keys = np.array([w.next_key()[0] for _ in range(200_000)])
     observed = np.bincount(keys, minlength=50)
     expected = s.workload.popularity.probabilities(50) * keys.size
@@ -43,12 +48,7 @@ def test_keys_follow_the_popularity_distribution():
 
 def test_write_fraction():
     s = scenario(workload={"write_fraction": 0.25})
-    env = simpy.Environment()
-    rec = Recorder(env, 0, 1)
-    server = DatabaseServer(env, s.database, lambda: 0.0, rec, cpu_bound=False)
-    streams = Streams(s.seed, 0)
-    pool = make_pool(env, server, rec, s.pool, streams.uniform("pool"))
-    w = Workload(env, s.workload, pool, server, rec, lambda: 0.001, streams, picks_keys=True)
+    w = standalone_workload(s)
     writes = sum(w.next_key()[1] for _ in range(100_000))
     # binomial standard error is 0.0014; allow 5 of them
     assert abs(writes / 100_000 - 0.25) < 0.007

@@ -1,0 +1,102 @@
+"""asyncpg's ``Pool`` (``asyncpg.create_pool``), all requests on one asyncio loop.
+
+``create_pool`` opens ``min_size`` connections before traffic starts.  One
+request is ``conn = await pool.acquire(timeout=T)``, ``await conn.fetch(query)``,
+``await pool.release(conn)`` (release runs asyncpg's reset, one round trip;
+with ``reset_on_return = false`` a no-op reset callback replaces it).
+
+Measured:
+
+* connects: a ``connect=`` callback that wraps ``asyncpg.connect`` logs and
+  times every new connection (lazy holders, ``max_queries`` and
+  ``max_inactive_connection_lifetime`` replacements included);
+* timeouts: ``acquire(timeout=...)`` raising ``asyncio.TimeoutError``
+  (``timeout = inf`` means ``acquire(timeout=None)``, waiting forever);
+* ``waited`` (p_wait): the pool's holder queue was empty when the request
+  called ``acquire`` -- exact, since everything runs on one loop thread.
+"""
+
+from __future__ import annotations
+
+import time
+
+import asyncpg
+
+from labs.drivers.common import OK, Record, RunContext, classify
+
+
+class AsyncpgDriver:
+    kind = "asyncpg"
+
+    def __init__(self, scenario, ctx: RunContext) -> None:
+        self.scenario = scenario
+        self.config = scenario.pool
+        self.ctx = ctx
+        self.limit = self.config.max_size
+        self._sql = ctx.query.sql("dollar")
+        self.pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        c = self.config
+        ctx = self.ctx
+
+        async def timed_connect(*args, **kwargs):
+            t = time.perf_counter()
+            conn = await asyncpg.connect(*args, **kwargs)
+            ctx.connected(time.perf_counter() - t)
+            return conn
+
+        async def no_reset(conn) -> None:
+            return None
+
+        extra = {} if c.reset_on_return else {"reset": no_reset}
+        self.pool = await asyncpg.create_pool(
+            ctx.dsn,
+            min_size=c.min_size,
+            max_size=c.max_size,
+            max_queries=c.max_queries,
+            max_inactive_connection_lifetime=c.max_inactive_connection_lifetime,
+            connect=timed_connect,
+            server_settings={"application_name": ctx.application_name},
+            **extra,
+        )
+        self._timeout = None if c.timeout == float("inf") else c.timeout
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            try:
+                await self.pool.close()
+            except Exception:  # noqa: BLE001
+                self.pool.terminate()
+
+    async def serve(self, rec: Record) -> bool:
+        ctx = self.ctx
+        pool = self.pool
+        rec.started = ctx.now()
+        conn = None
+        try:
+            rec.waited = pool._queue.empty()  # every holder is taken: acquire will wait
+            conn = await pool.acquire(timeout=self._timeout)
+            rec.got = ctx.now()
+            if ctx.stopping.is_set():
+                raise RuntimeError("run stopped before the query was sent")
+            await conn.fetch(self._sql, ctx.query.argument(rec.service))
+            rec.query_done = ctx.now()
+            c, conn = conn, None
+            await pool.release(c)
+            rec.released = ctx.now()
+            rec.outcome = OK
+        except Exception as exc:  # noqa: BLE001 - every failure is a measured outcome
+            rec.outcome, rec.sqlstate = classify(exc)
+            rec.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            if conn is not None:
+                try:
+                    await pool.release(conn)
+                except Exception:  # noqa: BLE001
+                    pass
+                rec.released = ctx.now()
+        rec.finished = ctx.now()
+        return rec.outcome == OK
+
+    def details(self) -> dict:
+        return {"limit": self.limit, "asyncpg": asyncpg.__version__}

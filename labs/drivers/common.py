@@ -1,0 +1,245 @@
+"""What every live driver shares: the run context, request records, the query,
+error classification, and the thread-based request path.
+
+A *driver* wraps one real pool library.  The executor (labs/executor.py)
+builds a :class:`RunContext` (clock, application_name, where connects are
+counted), opens the driver, lets a load generator (labs/loadgen.py) call
+``serve(record)`` for every request, and closes the driver.  Everything a
+driver measures goes into the request's :class:`Record` or into the context's
+connect log; the executor turns those into simlib's metrics afterwards.
+
+All times are ``time.perf_counter()`` seconds *relative to the run's start*
+(``ctx.now()``), so records from threads, the asyncio loop and the monitor
+share one clock.
+
+Outcomes follow simlib.metrics: ``OK``, ``TIMEOUT`` (the pool refused to hand
+out a connection under its rules: QueuePool ``TimeoutError``, psycopg2
+``PoolError`` "exhausted", psycopg_pool ``PoolTimeout``/``TooManyRequests``,
+asyncpg ``acquire(timeout=...)`` expiring) and ``ERROR`` (anything else; a
+server refusal ``53300 too_many_connections`` is an error and is also counted
+as a refusal).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from simlib.metrics import ERROR, OK, TIMEOUT
+
+__all__ = [
+    "ERROR",
+    "OK",
+    "TIMEOUT",
+    "TOO_MANY_CONNECTIONS",
+    "BIG_TIMEOUT",
+    "PoolTimeoutError",
+    "QuerySpec",
+    "Record",
+    "RunContext",
+    "SyncDriver",
+    "classify",
+]
+
+#: SQLSTATE of "sorry, too many clients already" / "remaining connection slots are reserved".
+TOO_MANY_CONNECTIONS = "53300"
+
+#: What a scenario's ``inf`` timeout becomes for libraries that need a number
+#: (threading waits accept at most threading.TIMEOUT_MAX): about 11 days.
+BIG_TIMEOUT = 1e6
+
+
+class PoolTimeoutError(Exception):
+    """Raised by drivers to mark a pool-level refusal when the library has no class of its own."""
+
+
+@dataclass(slots=True)
+class Record:
+    """One request, as measured.  Times are run-relative seconds; None = did not happen."""
+
+    index: int
+    scheduled: float  # when the load generator meant to send it (latency starts here)
+    service: float  # seconds of database time drawn for it
+    started: float | None = None  # when a thread/task actually began it
+    got: float | None = None  # connection in hand
+    query_done: float | None = None  # query result back
+    released: float | None = None  # connection given back to the pool (or closed)
+    finished: float | None = None
+    outcome: int | None = None  # OK / TIMEOUT / ERROR; None = unfinished
+    waited: bool = False
+    sqlstate: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QuerySpec:
+    """How a service time becomes SQL: ``pg_sleep(s)`` or a calibrated CPU burn."""
+
+    cpu_bound: bool = False
+    seconds_per_row: float = 0.0  # from calibration (cpu_bound only)
+
+    def argument(self, service: float) -> float | int:
+        """The query's single parameter for ``service`` seconds of database time."""
+        if not self.cpu_bound:
+            return max(0.0, float(service))
+        return max(1, min(2_000_000_000, round(service / self.seconds_per_row)))
+
+    def sql(self, style: str) -> str:
+        """The statement with a placeholder in ``style``: 'pyformat', 'named' or 'dollar'."""
+        ph = {"pyformat": "%s", "named": ":arg", "dollar": "$1"}[style]
+        if not self.cpu_bound:
+            return f"SELECT pg_sleep({ph})"
+        cast = "::int" if style == "dollar" else ""
+        # generate_series in the select list streams (ProjectSet): no tuplestore,
+        # so the cost stays linear in n and never spills to disk.
+        return f"SELECT count(*) FROM (SELECT generate_series(1, {ph}{cast})) AS s"
+
+
+@dataclass
+class RunContext:
+    """Per-run state shared by driver, load generator and monitor."""
+
+    dsn: str
+    application_name: str
+    query: QuerySpec
+    t0: float = field(default_factory=time.perf_counter)
+    #: run-relative times at which a new server connection was opened
+    connects: list[float] = field(default_factory=list)
+    #: seconds each timed connect took (where the driver can time it)
+    connect_durations: list[float] = field(default_factory=list)
+    #: set when the run is being wound down: requests still queued skip their query
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def restart_clock(self) -> None:
+        """Make "now" time zero; times already logged move to the new frame (negative)."""
+        t0 = time.perf_counter()
+        shift = t0 - self.t0
+        self.connects[:] = [t - shift for t in self.connects]
+        self.t0 = t0
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def connected(self, duration: float | None = None) -> None:
+        # list.append is atomic under the GIL: safe from any thread.
+        self.connects.append(self.now())
+        if duration is not None:
+            self.connect_durations.append(duration)
+
+
+def _timeout_classes() -> tuple[type[BaseException], ...]:
+    classes: list[type[BaseException]] = [PoolTimeoutError, TimeoutError]
+    try:
+        import sqlalchemy.exc
+
+        classes.append(sqlalchemy.exc.TimeoutError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import psycopg2.pool
+
+        classes.append(psycopg2.pool.PoolError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import psycopg_pool
+
+        classes += [psycopg_pool.PoolTimeout, psycopg_pool.TooManyRequests]
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(classes)
+
+
+_TIMEOUTS: tuple[type[BaseException], ...] | None = None
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The SQLSTATE carried by a driver exception (or its SQLAlchemy-wrapped original)."""
+    for e in (exc, getattr(exc, "orig", None), exc.__cause__):
+        if e is None:
+            continue
+        code = getattr(e, "pgcode", None) or getattr(e, "sqlstate", None)
+        if isinstance(code, str) and code:
+            return code
+    text = str(exc).lower()
+    # psycopg2 reports connection-time failures without a pgcode.
+    if "too many clients" in text or "remaining connection slots" in text:
+        return TOO_MANY_CONNECTIONS
+    return None
+
+
+def classify(exc: BaseException) -> tuple[int, str | None]:
+    """(outcome, sqlstate) for an exception raised while serving a request."""
+    global _TIMEOUTS
+    if _TIMEOUTS is None:
+        _TIMEOUTS = _timeout_classes()
+    if isinstance(exc, _TIMEOUTS):
+        return TIMEOUT, None
+    return ERROR, sqlstate_of(exc)
+
+
+class SyncDriver:
+    """Base of the thread-based drivers: one request = checkout, query, release.
+
+    Subclasses implement ``open``, ``close``, ``checkout() -> (handle, waited)``,
+    ``execute(handle, arg)`` and ``release(handle, ok)``, and set ``limit``
+    (the most connections the pool may hold; sizes the thread pool).
+    """
+
+    kind = "?"
+    limit = 10
+
+    def __init__(self, scenario, ctx: RunContext) -> None:
+        self.scenario = scenario
+        self.config = scenario.pool
+        self.ctx = ctx
+
+    # -- to implement -------------------------------------------------------
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def checkout(self):  # -> tuple[handle, bool]
+        raise NotImplementedError
+
+    def execute(self, handle, arg) -> None:
+        raise NotImplementedError
+
+    def release(self, handle, ok: bool) -> None:
+        raise NotImplementedError
+
+    def details(self) -> dict:
+        return {}
+
+    # -- the request path -----------------------------------------------------
+    def serve(self, rec: Record) -> bool:
+        """Carry one request through the pool; fills ``rec``; True if it succeeded."""
+        ctx = self.ctx
+        rec.started = ctx.now()
+        handle = None
+        try:
+            handle, rec.waited = self.checkout()
+            rec.got = ctx.now()
+            if not ctx.stopping.is_set():
+                self.execute(handle, ctx.query.argument(rec.service))
+                rec.query_done = ctx.now()
+            else:
+                raise RuntimeError("run stopped before the query was sent")
+            h, handle = handle, None
+            self.release(h, True)
+            rec.released = ctx.now()
+            rec.outcome = OK
+        except Exception as exc:  # noqa: BLE001 - every failure is a measured outcome
+            rec.outcome, rec.sqlstate = classify(exc)
+            rec.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            if handle is not None:
+                try:
+                    self.release(handle, False)
+                except Exception:  # noqa: BLE001
+                    pass
+                rec.released = ctx.now()
+        rec.finished = ctx.now()
+        return rec.outcome == OK

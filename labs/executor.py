@@ -1,0 +1,353 @@
+"""The live executor: run a scenario on real Postgres through the real pool library.
+
+``run_live(scenario, dsn)`` does, in order:
+
+1. if the query is ``cpu_bound``: calibrate the CPU-burn query on this server
+   (:func:`labs.server_stats.calibrate_cpu`) so a service time of *s* seconds
+   becomes a query that keeps one core busy for about *s*;
+2. open the pool through its library (labs/drivers/), with an
+   ``application_name`` unique to this run, so the server's view of *our*
+   connections can be told apart from everything else;
+3. start the monitor (pg_stat_activity every 50 ms) and the load generator
+   (labs/loadgen.py): the open-loop Poisson schedule simlib uses for
+   replication 0, or closed-loop clients;
+4. after the window, let the window's requests finish (drain, up to
+   ``max(60, duration)`` seconds as in simlib), stop, close the pool;
+5. turn the per-request records into simlib's metrics, with the same rules.
+
+Metrics, as simlib.metrics defines them (window ``[warmup, warmup+duration)``
+of *scheduled* arrival times; latency and checkout measured from the scheduled
+time, so client-side delays count, as they would for a user):
+
+==========================  ====================================================
+``throughput_rps``          window requests that succeeded / duration
+``latency_*_ms``            scheduled arrival -> connection released, successes
+``checkout_*_ms``           scheduled arrival -> connection in hand
+``p_wait``                  share that found the pool at its limit and queued;
+                            how each library's "at its limit" is read is in its
+                            driver's docstring (psycopg2 and none: always 0)
+``timeout_rate``            pool refused in time: QueuePool TimeoutError,
+                            psycopg2 PoolError, psycopg_pool PoolTimeout /
+                            TooManyRequests, asyncpg acquire timeout
+``error_rate``              any other failure (e.g. 53300 too many clients)
+``connections_opened_per_s`` client-side connects (each library's hook) whose
+                            time falls in the window, per second
+``connections_mean``        time average of our backends in pg_stat_activity,
+                            sampled every 50 ms over the window
+``offered_rps``             window arrivals / duration
+``query_mean_ms``           connection in hand -> result back, successes
+``connections_busy_mean``   time average of checked-out connections (client)
+``in_flight_mean``          time average of requests between scheduled arrival
+                            and finish (Little's L)
+``incomplete_rate``         window requests unfinished at the drain limit
+==========================  ====================================================
+
+Extra live-only metrics: ``achieved_rate_rps`` (window requests the load
+generator actually *started* within the window, per second) and
+``scheduler_lag_p99_ms`` / ``scheduler_lag_mean_ms`` (how late requests
+started compared with their schedule: large values mean the client, not the
+database, was saturated).
+
+One live run is one replication: ``scenario.replications`` is ignored and
+``ci95`` is null.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from labs.drivers import ASYNC_KINDS, driver_class
+from labs.drivers.common import (
+    ERROR,
+    OK,
+    TIMEOUT,
+    TOO_MANY_CONNECTIONS,
+    QuerySpec,
+    Record,
+    RunContext,
+)
+from labs.loadgen import run_async, run_threaded, thread_count
+from labs.server_stats import Monitor, calibrate_cpu, cancel_backends, database_sessions
+from simlib.metrics import METRICS
+from simlib.scenario import Scenario
+from simlib.simulation import DRAIN_FACTOR, DRAIN_MIN, check_supported
+
+__all__ = ["LIVE_METRICS", "LiveResult", "run_live"]
+
+#: Metrics only a live run has, reported after simlib's.
+LIVE_METRICS: tuple[str, ...] = (
+    "achieved_rate_rps",
+    "scheduler_lag_mean_ms",
+    "scheduler_lag_p99_ms",
+)
+
+
+def _clean(x):
+    """JSON-safe: NaN and infinities become None; NumPy scalars become Python ones."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+@dataclass
+class LiveResult:
+    """One live run: client-side metrics, the server's view, and how it was run."""
+
+    scenario: Scenario
+    metrics: dict[str, float]
+    server: dict[str, float | int | None]
+    details: dict = field(default_factory=dict)
+    #: every request's record (labs.drivers.common.Record), for plots; not in the JSON
+    records: list[Record] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict[str, object]:
+        """The contract's JSON document (one run: every ``ci95`` is null)."""
+        return {
+            "executor": "labs",
+            "scenario": self.scenario.name,
+            "replications": 1,
+            "seed": self.scenario.seed,
+            "metrics": {
+                name: {"value": _clean(value), "ci95": None} for name, value in self.metrics.items()
+            },
+            "server": _clean(dict(self.server)),
+            "details": _clean(dict(self.details)),
+        }
+
+
+def run_live(
+    scenario: Scenario,
+    dsn: str,
+    *,
+    progress: bool = False,
+    drain_limit: float | None = None,
+) -> LiveResult:
+    """Run ``scenario`` once against the Postgres at ``dsn`` and measure it.
+
+    ``drain_limit``: seconds after the window that its requests may still
+    finish (default: simlib's ``max(60, duration)``).
+    """
+    check_supported(scenario)
+    w = scenario.workload
+    start, end = w.warmup, w.warmup + w.duration
+    if drain_limit is None:
+        drain_limit = max(DRAIN_MIN, DRAIN_FACTOR * w.duration)
+    app = f"labs-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    wall_start = time.time()
+
+    details: dict = {
+        "pool_kind": scenario.pool.kind,
+        "workload_kind": w.kind,
+        "application_name": app,
+        "window_s": [start, end],
+        "drain_limit_s": drain_limit,
+        "client_cpus": os.cpu_count(),
+        "load_average_1m": os.getloadavg()[0],
+        "note": (
+            "live runs use the server's real cores; database.cores, connect_time and "
+            "network_rtt of the scenario are simlib inputs and are not imposed here"
+        ),
+    }
+    query = QuerySpec()
+    if scenario.query.cpu_bound:
+        mean = (
+            float(scenario.query.service_time.mean)
+            if hasattr(scenario.query.service_time, "mean")
+            else 0.01
+        )
+        calibration = calibrate_cpu(dsn, target=min(0.05, max(0.002, mean)))
+        details["cpu_calibration"] = calibration
+        query = QuerySpec(cpu_bound=True, seconds_per_row=calibration["seconds_per_row"])
+    details["query"] = query.sql("pyformat")
+
+    ctx = RunContext(dsn=dsn, application_name=app, query=query)
+    sessions_before = database_sessions(dsn)
+    driver = driver_class(scenario.pool.kind)(scenario, ctx)
+    monitor = Monitor(dsn, app, ctx.now)
+
+    def on_stop() -> None:
+        # Drain limit reached: cancel our queries still running on the server
+        # so threads blocked in them come back (they count as incomplete).
+        for _ in range(3):
+            if cancel_backends(dsn, app) == 0:
+                break
+            time.sleep(0.2)
+
+    threads = thread_count(getattr(driver, "limit", None), w.kind, w.clients)
+    try:
+        if scenario.pool.kind in ASYNC_KINDS:
+            records, facts = run_async(
+                driver,
+                ctx,
+                scenario,
+                drain_limit=drain_limit,
+                progress=progress,
+                on_stop=on_stop,
+                on_start=monitor.start,
+            )
+        else:
+            driver.open()
+            try:
+                ctx.restart_clock()
+                monitor.start()
+                records, facts = run_threaded(
+                    driver,
+                    ctx,
+                    scenario,
+                    threads=threads,
+                    drain_limit=drain_limit,
+                    progress=progress,
+                    on_stop=on_stop,
+                )
+            finally:
+                driver.close()
+        run_end = ctx.now()
+    finally:
+        monitor.stop()
+    time.sleep(0.3)  # let exiting backends flush their statistics
+    sessions_after = database_sessions(dsn)
+
+    details.update(facts)
+    details["driver"] = driver.details()
+    details["run_seconds"] = run_end
+    details["wall_start"] = wall_start
+
+    cutoff = end + drain_limit
+    metrics = _metrics(records, ctx, monitor, start, end, cutoff, run_end)
+    details.update(_extra_details(records, ctx, start, end))
+    server = _server(records, monitor, start, end, sessions_before, sessions_after)
+    return LiveResult(scenario, metrics, server, details, records)
+
+
+def _overlap(a: float, b: float, lo: float, hi: float) -> float:
+    return max(0.0, min(b, hi) - max(a, lo))
+
+
+def _metrics(
+    records: list[Record],
+    ctx: RunContext,
+    monitor: Monitor,
+    start: float,
+    end: float,
+    cutoff: float,
+    run_end: float,
+) -> dict[str, float]:
+    duration = end - start
+    nan = math.nan
+    window = [r for r in records if start <= r.scheduled < end]
+    n = len(window)
+    finished = [
+        r
+        for r in window
+        if r.outcome is not None and r.finished is not None and r.finished <= cutoff
+    ]
+    ok = [r for r in finished if r.outcome == OK]
+    latency = np.array([r.finished - r.scheduled for r in ok]) * 1000.0
+    checkout = np.array([r.got - r.scheduled for r in finished if r.got is not None]) * 1000.0
+    query = np.array([r.query_done - r.got for r in ok]) * 1000.0
+    started = [r for r in window if r.started is not None]
+    lag = np.array([r.started - r.scheduled for r in started]) * 1000.0
+
+    def pct(values: np.ndarray, q: float) -> float:
+        return float(np.percentile(values, q)) if values.size else nan
+
+    def mean(values: np.ndarray) -> float:
+        return float(values.mean()) if values.size else nan
+
+    busy = sum(
+        _overlap(
+            r.got, r.released if r.released is not None else (r.finished or run_end), start, end
+        )
+        for r in records
+        if r.got is not None
+    )
+    in_flight = sum(
+        _overlap(r.scheduled, r.finished if r.finished is not None else run_end, start, end)
+        for r in records
+    )
+    timeouts = sum(1 for r in finished if r.outcome == TIMEOUT)
+    errors = sum(1 for r in finished if r.outcome == ERROR)
+    opened = sum(1 for t in ctx.connects if start <= t < end)
+    values = {
+        "throughput_rps": len(ok) / duration,
+        "latency_mean_ms": mean(latency),
+        "latency_p50_ms": pct(latency, 50),
+        "latency_p95_ms": pct(latency, 95),
+        "latency_p99_ms": pct(latency, 99),
+        "checkout_mean_ms": mean(checkout),
+        "checkout_p95_ms": pct(checkout, 95),
+        "p_wait": sum(1 for r in finished if r.waited) / n if n else nan,
+        "timeout_rate": timeouts / n if n else nan,
+        "error_rate": errors / n if n else nan,
+        "connections_opened_per_s": opened / duration,
+        "connections_mean": monitor.time_average(start, end),
+        "offered_rps": n / duration,
+        "query_mean_ms": mean(query),
+        "connections_busy_mean": busy / duration,
+        "in_flight_mean": in_flight / duration,
+        "incomplete_rate": (n - len(finished)) / n if n else nan,
+        "achieved_rate_rps": sum(1 for r in started if r.started < end) / duration,
+        "scheduler_lag_mean_ms": mean(lag),
+        "scheduler_lag_p99_ms": pct(lag, 99),
+    }
+    assert set(METRICS) <= set(values)
+    return values
+
+
+def _extra_details(records: list[Record], ctx: RunContext, start: float, end: float) -> dict:
+    window = [r for r in records if start <= r.scheduled < end]
+    errors = collections.Counter(r.error for r in window if r.error)
+    connect = np.array(ctx.connect_durations) * 1000.0
+    return {
+        "requests_total": len(records),
+        "requests_window": len(window),
+        "connects_total": len(ctx.connects),
+        "connect_ms": {
+            "count": int(connect.size),
+            "mean": float(connect.mean()) if connect.size else None,
+            "p50": float(np.percentile(connect, 50)) if connect.size else None,
+            "p95": float(np.percentile(connect, 95)) if connect.size else None,
+        },
+        "errors_top": [{"error": e, "count": c} for e, c in errors.most_common(5)],
+    }
+
+
+def _server(
+    records: list[Record],
+    monitor: Monitor,
+    start: float,
+    end: float,
+    sessions_before: int | None,
+    sessions_after: int | None,
+) -> dict[str, float | int | None]:
+    window = [r for r in records if start <= r.scheduled < end]
+    started = None
+    if sessions_before is not None and sessions_after is not None:
+        # minus the two short-lived helper sessions of run_live itself: the
+        # monitor and the second sessions reading
+        started = max(0, sessions_after - sessions_before - 2)
+    return {
+        "connections_peak": monitor.peak(),
+        "connections_peak_window": monitor.peak(start, end),
+        "connections_mean_window": monitor.time_average(start, end),
+        "active_mean_window": monitor.time_average(start, end, column=2),
+        "backends_seen": len(monitor.pids),
+        "backends_started": started,
+        "refusals": sum(1 for r in window if r.sqlstate == TOO_MANY_CONNECTIONS),
+        "refusals_total": sum(1 for r in records if r.sqlstate == TOO_MANY_CONNECTIONS),
+        "monitor_samples": len(monitor.samples),
+        "monitor_errors": monitor.errors,
+    }

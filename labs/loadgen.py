@@ -1,0 +1,332 @@
+"""Load generators: the open-loop scheduler and the closed-loop clients.
+
+**Open loop.**  The arrival times are the Poisson process simlib simulates for
+replication 0 of the same scenario: gaps drawn from
+``simlib.streams.generator(seed, 0, "arrivals")`` in simlib's batches, so a
+live run and its prediction see the *same* arrival times.  A dispatcher
+sleeps until each scheduled time and hands the request to a worker
+(a thread from a ``ThreadPoolExecutor``, or a new task on the asyncio loop),
+independent of how earlier requests are doing.  Latency is measured from the
+*scheduled* time, so a stalled system (or a stalled client) cannot hide its
+queue: no coordinated omission.  How late a request actually started compared
+with its schedule is its *scheduler lag*; a large lag means the client, not
+the database, was the bottleneck (all threads busy, GIL, CPU).
+
+**Closed loop.**  ``clients`` threads (or tasks) each repeat: think for an
+exponential time (mean ``think_time``), send a request, wait for its answer.
+A client's request is scheduled at the end of its think time.  A request that
+failed at once with no think time is followed by a 1 ms pause, as in simlib.
+
+**Drain.**  Arrivals go on after the measured window, as in simlib, until every
+request that arrived in the window has finished or ``drain_limit`` seconds
+have passed since the window's end.  Then the run stops: queued requests skip
+their query, and the executor cancels what still runs on the server.
+
+Service times come from simlib's "service" stream in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from labs.drivers.common import Record, RunContext
+from simlib.streams import _BATCH, Streams, generator
+from simlib.workload import FAILED_REQUEST_PAUSE
+
+__all__ = [
+    "arrival_times",
+    "run_async",
+    "run_threaded",
+    "thread_count",
+]
+
+
+def arrival_times(seed: int, rate: float) -> Iterator[float]:
+    """Poisson arrival times (seconds from the start), the same ones simlib draws."""
+    rng = generator(seed, 0, "arrivals")
+    mean = 1.0 / rate
+    t = 0.0
+    while True:
+        for gap in rng.exponential(mean, _BATCH).tolist():
+            t += gap
+            yield t
+
+
+def thread_count(limit: int | None, kind: str, clients: int) -> int:
+    """Worker threads for an open loop: min(256, max(32, 4 x the pool's connection limit)).
+
+    Four threads per connection the pool may hold leaves room for requests
+    queueing inside the pool (where the library makes them wait) without
+    the executor's own queue delaying dispatch; the cap keeps the GIL and
+    memory in check.  A closed loop uses exactly one thread per client.
+    """
+    if kind == "closed":
+        return clients
+    return min(256, max(32, 4 * (limit or 64)))
+
+
+class _Progress:
+    def __init__(self, enabled: bool, ctx: RunContext, end: float) -> None:
+        self.enabled = enabled
+        self.ctx = ctx
+        self.end = end
+        self.next = 1.0
+
+    def tick(self, records: list[Record]) -> None:
+        if not self.enabled:
+            return
+        now = self.ctx.now()
+        if now >= self.next:
+            self.next = now + 1.0
+            done = sum(1 for r in records if r.finished is not None)
+            phase = "window" if now < self.end else "drain"
+            print(
+                f"labs: t={now:6.1f}s ({phase}) sent={len(records)} done={done}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+class _Shared:
+    """The run's records and the count of unfinished requests from the window."""
+
+    def __init__(self, start: float, end: float) -> None:
+        self.start = start
+        self.end = end
+        self.records: list[Record] = []
+        self.lock = threading.Lock()
+        self.pending = 0  # window requests not finished yet
+
+    def add(self, rec: Record) -> None:
+        with self.lock:
+            self.records.append(rec)
+            if self.start <= rec.scheduled < self.end:
+                self.pending += 1
+
+    def done(self, rec: Record) -> None:
+        if self.start <= rec.scheduled < self.end:
+            with self.lock:
+                self.pending -= 1
+
+
+def _sleep_until(ctx: RunContext, t: float) -> None:
+    delay = t - ctx.now()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def run_threaded(
+    driver,
+    ctx: RunContext,
+    scenario,
+    *,
+    threads: int,
+    drain_limit: float,
+    progress: bool = False,
+    on_stop: Callable[[], None] | None = None,
+) -> tuple[list[Record], dict]:
+    """Drive a thread-based driver; returns the records and facts about the run.
+
+    ``on_stop`` is called when the drain limit is reached with requests still
+    running (the executor cancels our server queries there).
+    """
+    w = scenario.workload
+    start, end = w.warmup, w.warmup + w.duration
+    shared = _Shared(start, end)
+    service = Streams(scenario.seed, 0).distribution("service", scenario.query.service_time)
+    service_lock = threading.Lock()
+    bar = _Progress(progress, ctx, end)
+    limit_hit = False
+
+    def work(rec: Record) -> None:
+        try:
+            driver.serve(rec)
+        finally:
+            shared.done(rec)
+
+    if w.kind == "open":
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="labs-req")
+        try:
+            for i, t in enumerate(arrival_times(scenario.seed, w.rate)):
+                if t >= end:
+                    if shared.pending == 0:
+                        break
+                    if ctx.now() >= end + drain_limit:
+                        limit_hit = True
+                        break
+                _sleep_until(ctx, t)
+                rec = Record(i, t, service())
+                shared.add(rec)
+                pool.submit(work, rec)
+                bar.tick(shared.records)
+        finally:
+            # Requests sent after the window only kept the load up; from now on
+            # they skip their query (and queued ones are dropped).
+            ctx.stopping.set()
+            if (limit_hit or shared.pending) and on_stop is not None:
+                on_stop()
+            pool.shutdown(wait=True, cancel_futures=True)
+    else:
+        think_mean = w.think_time
+        counter = iter(range(10**12))
+
+        def client(k: int) -> None:
+            rng = np.random.Generator(
+                np.random.PCG64(np.random.SeedSequence(scenario.seed, spawn_key=(0, 3, k)))
+            )
+            think = (lambda: float(rng.exponential(think_mean))) if think_mean > 0 else None
+            t = think() if think else 0.0
+            while t < end and not ctx.stopping.is_set():
+                _sleep_until(ctx, t)
+                with service_lock:
+                    rec = Record(next(counter), t, service())
+                shared.add(rec)
+                try:
+                    ok = driver.serve(rec)
+                finally:
+                    shared.done(rec)
+                now = ctx.now()
+                if think:
+                    t = now + think()
+                elif not ok and now - rec.started < FAILED_REQUEST_PAUSE:
+                    t = now + FAILED_REQUEST_PAUSE
+                else:
+                    t = now
+
+        workers = [
+            threading.Thread(target=client, args=(k,), name=f"labs-client-{k}", daemon=True)
+            for k in range(w.clients)
+        ]
+        for th in workers:
+            th.start()
+        deadline = end + drain_limit
+        while any(th.is_alive() for th in workers):
+            if ctx.now() >= deadline:
+                limit_hit = True
+                ctx.stopping.set()
+                if on_stop is not None:
+                    on_stop()
+                break
+            time.sleep(0.05)
+            bar.tick(shared.records)
+        for th in workers:
+            th.join(timeout=10.0)
+    return list(shared.records), {"drain_limit_hit": limit_hit, "threads": threads}
+
+
+def run_async(
+    driver,
+    ctx: RunContext,
+    scenario,
+    *,
+    drain_limit: float,
+    progress: bool = False,
+    on_stop: Callable[[], None] | None = None,
+    on_start: Callable[[], None] | None = None,
+) -> tuple[list[Record], dict]:
+    """Drive the asyncpg driver on a fresh asyncio loop (opens and closes it too).
+
+    ``on_start`` is called once the pool is open and the clock restarted.
+    """
+    return asyncio.run(
+        _run_async(
+            driver,
+            ctx,
+            scenario,
+            drain_limit=drain_limit,
+            progress=progress,
+            on_stop=on_stop,
+            on_start=on_start,
+        )
+    )
+
+
+async def _run_async(driver, ctx, scenario, *, drain_limit, progress, on_stop, on_start):
+    w = scenario.workload
+    start, end = w.warmup, w.warmup + w.duration
+    shared = _Shared(start, end)
+    service = Streams(scenario.seed, 0).distribution("service", scenario.query.service_time)
+    bar = _Progress(progress, ctx, end)
+    limit_hit = False
+    await driver.open()
+    ctx.restart_clock()
+    if on_start is not None:
+        on_start()
+    tasks: set[asyncio.Task] = set()
+
+    async def work(rec: Record) -> bool:
+        try:
+            return await driver.serve(rec)
+        finally:
+            shared.done(rec)
+
+    try:
+        if w.kind == "open":
+            for i, t in enumerate(arrival_times(scenario.seed, w.rate)):
+                if t >= end:
+                    if shared.pending == 0:
+                        break
+                    if ctx.now() >= end + drain_limit:
+                        limit_hit = True
+                        break
+                delay = t - ctx.now()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                rec = Record(i, t, service())
+                shared.add(rec)
+                task = asyncio.create_task(work(rec))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                bar.tick(shared.records)
+        else:
+            counter = iter(range(10**12))
+
+            async def client(k: int) -> None:
+                rng = np.random.Generator(
+                    np.random.PCG64(np.random.SeedSequence(scenario.seed, spawn_key=(0, 3, k)))
+                )
+                thinking = w.think_time > 0
+                t = float(rng.exponential(w.think_time)) if thinking else 0.0
+                while t < end and not ctx.stopping.is_set():
+                    delay = t - ctx.now()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    rec = Record(next(counter), t, service())
+                    shared.add(rec)
+                    ok = await work(rec)
+                    now = ctx.now()
+                    if thinking:
+                        t = now + float(rng.exponential(w.think_time))
+                    elif not ok and now - rec.started < FAILED_REQUEST_PAUSE:
+                        t = now + FAILED_REQUEST_PAUSE
+                    else:
+                        t = now
+
+            for k in range(w.clients):
+                task = asyncio.create_task(client(k))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        deadline = end + drain_limit
+        while tasks and (w.kind == "closed" or shared.pending):
+            if ctx.now() >= deadline:
+                limit_hit = True
+                break
+            await asyncio.sleep(0.02)
+            bar.tick(shared.records)
+    finally:
+        if tasks:
+            ctx.stopping.set()
+            if on_stop is not None:
+                await asyncio.to_thread(on_stop)
+            for task in list(tasks):
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await driver.close()
+    return list(shared.records), {"drain_limit_hit": limit_hit, "threads": 1}

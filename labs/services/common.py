@@ -1,0 +1,360 @@
+"""What the local servers share: the error type, ports, processes, temp dirs, cleanup.
+
+Everything labs starts lives in its own ``tempfile.mkdtemp`` directory, and every
+server process (Postgres' postmaster and backends, redis-server) runs with its
+current directory inside that directory.  That makes "what did we start?" easy to
+answer without bookkeeping that a crash could lose: a process is ours exactly
+when ``/proc/PID/cwd`` (or its command line) points into one of our directories.
+``reap`` uses that as the last line of defence after the polite shutdown.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+INSTALL_HINT = "install them with: apt-get install postgresql redis-server"
+
+
+class ServiceError(RuntimeError):
+    """A server that cannot be found, started or reached, explained in one line.
+
+    The command line prints ``str(error)`` as it is, so the message is folded
+    onto a single line whatever the caller passes in (server logs and driver
+    errors often span several).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
+
+
+def one_line(text: object, limit: int = 400) -> str:
+    """Fold whitespace (newlines included) to single spaces and cap the length."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------
+# Ports
+# ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_port_free(port: int, what: str) -> None:
+    """Raise ServiceError unless 127.0.0.1:port can be bound."""
+    if not 1 <= port <= 65535:
+        raise ServiceError(f"{what}: port must be 1..65535, got {port}")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # as the servers do: a port whose old connections linger in TIME_WAIT
+        # (a restart) is free; one with a listener is not
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            reason = "in use" if e.errno == errno.EADDRINUSE else e.strerror
+            raise ServiceError(
+                f"{what}: port 127.0.0.1:{port} must be free, got {reason}; "
+                "stop what holds it or let labs pick a free port"
+            ) from None
+
+
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie has exited: treat it as gone
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def processes_in(path: str | os.PathLike) -> list[int]:
+    """Live processes whose working directory or command line is inside ``path``."""
+    root = os.path.realpath(path)
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        pid = int(entry)
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            cwd = ""
+        if cwd.removesuffix(" (deleted)") == root or cwd.startswith(root + "/"):
+            if pid_alive(pid):
+                found.append(pid)
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if root in cmdline and pid_alive(pid):
+            found.append(pid)
+    return found
+
+
+def reap(path: str | os.PathLike, timeout: float = 5.0) -> list[int]:
+    """SIGKILL every process living in ``path``; wait until they are gone.
+
+    Returns the pids that were still running afterwards (normally none).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = processes_in(path)
+        if not pids or time.monotonic() > deadline:
+            return pids
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+# ---------------------------------------------------------------------------
+# Temporary directories
+# ---------------------------------------------------------------------------
+
+
+def make_dir(prefix: str, owner: str | None = None) -> Path:
+    """A fresh private directory (``labs-pg-XXXX`` ...), owned by ``owner`` if given."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    if owner is not None:
+        entry = pwd.getpwnam(owner)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    return path
+
+
+def checked_dir(path: object, prefix: str) -> Path:
+    """A directory named in a state file, refused unless it looks like one of ours.
+
+    ``stop`` kills every process inside the directory and deletes it, so a
+    damaged state file must not be able to point it at anything else.
+    """
+    p = Path(str(path))
+    if not (p.is_absolute() and p.name.startswith(prefix) and len(p.parts) > 2):
+        raise ServiceError(f"state file: directory must be a labs {prefix}* directory, got {path}")
+    return p
+
+
+def remove_dir(path: str | os.PathLike) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.exists(path):  # a file appeared while deleting (a dying server's log)
+        time.sleep(0.1)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# Cleanup of everything still running when the interpreter exits
+# ---------------------------------------------------------------------------
+
+_live: dict[int, Callable[[], None]] = {}
+_live_lock = threading.Lock()
+
+
+def register(obj: object, stop: Callable[[], None]) -> None:
+    """Remember a running thing so ``atexit`` stops it if nobody else does."""
+    with _live_lock:
+        _live[id(obj)] = stop
+
+
+def unregister(obj: object) -> None:
+    with _live_lock:
+        _live.pop(id(obj), None)
+
+
+@atexit.register
+def stop_everything() -> None:
+    """Stop whatever was registered and is still running (newest first)."""
+    while True:
+        with _live_lock:
+            if not _live:
+                return
+            key = next(reversed(_live))
+            stop = _live.pop(key)
+        with contextlib.suppress(Exception):
+            stop()
+
+
+# ---------------------------------------------------------------------------
+# Signals
+# ---------------------------------------------------------------------------
+
+_SIGNALS = {
+    signal.SIGINT: lambda: KeyboardInterrupt(),
+    signal.SIGTERM: lambda: SystemExit(128 + signal.SIGTERM),
+    signal.SIGHUP: lambda: SystemExit(128 + signal.SIGHUP),
+}
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def signals_raise() -> Iterator[None]:
+    """Turn SIGINT/SIGTERM/SIGHUP into exceptions, so ``finally`` blocks run.
+
+    Python already raises KeyboardInterrupt on SIGINT, but SIGTERM (``kill``,
+    a CI job being cancelled) and SIGHUP (a closed terminal) would otherwise end
+    the process on the spot and leave the servers running.  Outside the main
+    thread signal handlers cannot be set; there this does nothing.
+    """
+    if not _in_main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _SIGNALS[signum]()
+
+    previous = {sig: signal.signal(sig, handler) for sig in _SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP back while cleaning up, then deliver them.
+
+    A second Ctrl-C during teardown must not interrupt the teardown itself.
+    """
+    if not _in_main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def handler(signum, frame):
+        pending.append(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in _SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        if pending:
+            signum = pending[0]
+            old = previous[signum]
+            if callable(old):
+                old(signum, None)
+            elif old == signal.SIG_DFL:
+                raise _SIGNALS[signum]()
+
+
+# ---------------------------------------------------------------------------
+# Running commands (as an unprivileged user when we are root)
+# ---------------------------------------------------------------------------
+
+
+def run(
+    cmd: list[str], *, user: str | None = None, timeout: float = 60.0, what: str
+) -> subprocess.CompletedProcess:
+    """Run a command (as ``user`` via runuser/setpriv), raising ServiceError on failure."""
+    argv = as_user(cmd, user)
+    try:
+        proc = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd="/",
+            # the servers these commands start must not share our terminal's
+            # process group: Ctrl-C is ours to handle, then we stop them.
+            start_new_session=True,
+        )
+    except subprocess.TimeoutExpired:
+        raise ServiceError(f"{what}: no result after {timeout:g} s ({' '.join(cmd)})") from None
+    except FileNotFoundError as e:
+        raise ServiceError(f"{what}: {e.filename} not found; {INSTALL_HINT}") from None
+    if proc.returncode != 0:
+        detail = last_meaningful_line(proc.stderr or proc.stdout) or f"exit {proc.returncode}"
+        raise ServiceError(f"{what} failed: {detail}")
+    return proc
+
+
+def last_meaningful_line(text: str) -> str:
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        low = ln.lower()
+        if "error" in low or "fatal" in low or "could not" in low or "cannot" in low:
+            return one_line(ln, 300)
+    return one_line(lines[-1], 300) if lines else ""
+
+
+def as_user(cmd: list[str], user: str | None) -> list[str]:
+    if user is None:
+        return cmd
+    if shutil.which("runuser"):
+        return ["runuser", "-u", user, "--", *cmd]
+    if shutil.which("setpriv"):
+        entry = pwd.getpwnam(user)
+        return [
+            "setpriv",
+            f"--reuid={entry.pw_uid}",
+            f"--regid={entry.pw_gid}",
+            "--init-groups",
+            "--",
+            *cmd,
+        ]
+    raise ServiceError(
+        "running Postgres as root: runuser or setpriv is needed to switch to an "
+        "unprivileged user, got neither; install util-linux"
+    )
+
+
+def tail(path: str | os.PathLike, lines: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

@@ -75,7 +75,7 @@ from labs.drivers.common import (
 )
 from labs.loadgen import run_async, run_threaded, thread_count
 from labs.server_stats import Monitor, calibrate_cpu, cancel_backends, database_sessions
-from simlib.metrics import METRICS
+from simlib.metrics import METRICS, metric_values
 from simlib.scenario import Scenario
 from simlib.simulation import DRAIN_FACTOR, DRAIN_MIN, check_supported
 
@@ -255,18 +255,8 @@ def _metrics(
         if r.outcome is not None and r.finished is not None and r.finished <= cutoff
     ]
     ok = [r for r in finished if r.outcome == OK]
-    latency = np.array([r.finished - r.scheduled for r in ok]) * 1000.0
-    checkout = np.array([r.got - r.scheduled for r in finished if r.got is not None]) * 1000.0
-    query = np.array([r.query_done - r.got for r in ok]) * 1000.0
     started = [r for r in window if r.started is not None]
     lag = np.array([r.started - r.scheduled for r in started]) * 1000.0
-
-    def pct(values: np.ndarray, q: float) -> float:
-        return float(np.percentile(values, q)) if values.size else nan
-
-    def mean(values: np.ndarray) -> float:
-        return float(values.mean()) if values.size else nan
-
     busy = sum(
         _overlap(
             r.got, r.released if r.released is not None else (r.finished or run_end), start, end
@@ -278,31 +268,26 @@ def _metrics(
         _overlap(r.scheduled, r.finished if r.finished is not None else run_end, start, end)
         for r in records
     )
-    timeouts = sum(1 for r in finished if r.outcome == TIMEOUT)
-    errors = sum(1 for r in finished if r.outcome == ERROR)
-    opened = sum(1 for t in ctx.connects if start <= t < end)
-    values = {
-        "throughput_rps": len(ok) / duration,
-        "latency_mean_ms": mean(latency),
-        "latency_p50_ms": pct(latency, 50),
-        "latency_p95_ms": pct(latency, 95),
-        "latency_p99_ms": pct(latency, 99),
-        "checkout_mean_ms": mean(checkout),
-        "checkout_p95_ms": pct(checkout, 95),
-        "p_wait": sum(1 for r in finished if r.waited) / n if n else nan,
-        "timeout_rate": timeouts / n if n else nan,
-        "error_rate": errors / n if n else nan,
-        "connections_opened_per_s": opened / duration,
-        "connections_mean": monitor.time_average(start, end),
-        "offered_rps": n / duration,
-        "query_mean_ms": mean(query),
-        "connections_busy_mean": busy / duration,
-        "in_flight_mean": in_flight / duration,
-        "incomplete_rate": (n - len(finished)) / n if n else nan,
-        "achieved_rate_rps": sum(1 for r in started if r.started < end) / duration,
-        "scheduler_lag_mean_ms": mean(lag),
-        "scheduler_lag_p99_ms": pct(lag, 99),
-    }
+    values = metric_values(
+        duration=duration,
+        arrivals=n,
+        completed=len(ok),
+        waited=sum(1 for r in finished if r.waited),
+        timeouts=sum(1 for r in finished if r.outcome == TIMEOUT),
+        errors=sum(1 for r in finished if r.outcome == ERROR),
+        opened=sum(1 for t in ctx.connects if start <= t < end),
+        latency=[r.finished - r.scheduled for r in ok],
+        checkout=[r.got - r.scheduled for r in finished if r.got is not None],
+        query=[r.query_done - r.got for r in ok],
+        connections_mean=monitor.time_average(start, end),
+        busy_mean=busy / duration,
+        in_flight_mean=in_flight / duration,
+    )
+    values.update(
+        achieved_rate_rps=sum(1 for r in started if r.started < end) / duration,
+        scheduler_lag_mean_ms=float(lag.mean()) if lag.size else nan,
+        scheduler_lag_p99_ms=float(np.percentile(lag, 99)) if lag.size else nan,
+    )
     assert set(METRICS) <= set(values)
     return values
 
@@ -351,3 +336,17 @@ def _server(
         "monitor_samples": len(monitor.samples),
         "monitor_errors": monitor.errors,
     }
+
+
+def compare(scenario: Scenario, dsn: str, **kw) -> dict:
+    """``labs compare``: see :mod:`labs.compare` (imported here for labs.cli)."""
+    from labs.compare import compare as _compare
+
+    return _compare(scenario, dsn, **kw)
+
+
+def render_compare(doc: dict) -> str:
+    """The readable ``labs compare`` table: see :func:`labs.compare.render_compare`."""
+    from labs.compare import render_compare as _render
+
+    return _render(doc)

@@ -171,17 +171,6 @@ class Recorder:
     def results(self) -> dict[str, float]:
         """This replication's value of every metric (NaN where undefined)."""
         duration = self.end - self.start
-        n = self.arrivals
-        latency = np.asarray(self.latency) * 1000.0
-        checkout = np.asarray(self.checkout) * 1000.0
-        nan = math.nan
-
-        def pct(values: np.ndarray, q: float) -> float:
-            return float(np.percentile(values, q)) if values.size else nan
-
-        def mean(values: np.ndarray) -> float:
-            return float(values.mean()) if values.size else nan
-
         start_areas = self._areas_at_start or (0.0, 0.0, 0.0)
         end_areas = self._areas_at_end or (
             self.connections.area(self.end),
@@ -191,26 +180,77 @@ class Recorder:
         conn_mean, busy_mean, in_flight_mean = (
             (e - s) / duration for s, e in zip(start_areas, end_areas, strict=True)
         )
-        finished = self.completed + self.timeouts + self.errors
-        return {
-            "throughput_rps": self.completed / duration,
-            "latency_mean_ms": mean(latency),
-            "latency_p50_ms": pct(latency, 50),
-            "latency_p95_ms": pct(latency, 95),
-            "latency_p99_ms": pct(latency, 99),
-            "checkout_mean_ms": mean(checkout),
-            "checkout_p95_ms": pct(checkout, 95),
-            "p_wait": self.waited / n if n else nan,
-            "timeout_rate": self.timeouts / n if n else nan,
-            "error_rate": self.errors / n if n else nan,
-            "connections_opened_per_s": self.opened / duration,
-            "connections_mean": conn_mean,
-            "offered_rps": n / duration,
-            "query_mean_ms": mean(np.asarray(self.query) * 1000.0),
-            "connections_busy_mean": busy_mean,
-            "in_flight_mean": in_flight_mean,
-            "incomplete_rate": (n - finished) / n if n else nan,
-        }
+        return metric_values(
+            duration=duration,
+            arrivals=self.arrivals,
+            completed=self.completed,
+            waited=self.waited,
+            timeouts=self.timeouts,
+            errors=self.errors,
+            opened=self.opened,
+            latency=self.latency,
+            checkout=self.checkout,
+            query=self.query,
+            connections_mean=conn_mean,
+            busy_mean=busy_mean,
+            in_flight_mean=in_flight_mean,
+        )
+
+
+def metric_values(
+    *,
+    duration: float,
+    arrivals: int,
+    completed: int,
+    waited: int,
+    timeouts: int,
+    errors: int,
+    opened: int,
+    latency: Sequence[float],
+    checkout: Sequence[float],
+    query: Sequence[float],
+    connections_mean: float,
+    busy_mean: float,
+    in_flight_mean: float,
+) -> dict[str, float]:
+    """Every metric from the window's counts and per-request times (in seconds).
+
+    The one definition of the metrics, shared by the simulator and the live labs,
+    so a prediction and a measurement always mean the same thing.  Shares are over
+    the requests that arrived in the window; latencies over those that completed.
+    """
+    n = arrivals
+    nan = math.nan
+    latency_ms = np.asarray(latency, dtype=float) * 1000.0
+    checkout_ms = np.asarray(checkout, dtype=float) * 1000.0
+    query_ms = np.asarray(query, dtype=float) * 1000.0
+
+    def pct(values: np.ndarray, q: float) -> float:
+        return float(np.percentile(values, q)) if values.size else nan
+
+    def mean(values: np.ndarray) -> float:
+        return float(values.mean()) if values.size else nan
+
+    finished = completed + timeouts + errors
+    return {
+        "throughput_rps": completed / duration,
+        "latency_mean_ms": mean(latency_ms),
+        "latency_p50_ms": pct(latency_ms, 50),
+        "latency_p95_ms": pct(latency_ms, 95),
+        "latency_p99_ms": pct(latency_ms, 99),
+        "checkout_mean_ms": mean(checkout_ms),
+        "checkout_p95_ms": pct(checkout_ms, 95),
+        "p_wait": waited / n if n else nan,
+        "timeout_rate": timeouts / n if n else nan,
+        "error_rate": errors / n if n else nan,
+        "connections_opened_per_s": opened / duration,
+        "connections_mean": connections_mean,
+        "offered_rps": n / duration,
+        "query_mean_ms": mean(query_ms),
+        "connections_busy_mean": busy_mean,
+        "in_flight_mean": in_flight_mean,
+        "incomplete_rate": (n - finished) / n if n else nan,
+    }
 
 
 @dataclass(frozen=True, slots=True)

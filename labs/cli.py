@@ -23,7 +23,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from labs.services import ServiceError
-from simlib.cli import Parser, UsageError
+from simlib.cli import Parser, UsageError, add_scenario_arguments
 from simlib.scenario import ScenarioError, load_scenario
 
 NOT_YET = "the live executor is not available yet"
@@ -36,20 +36,10 @@ def build_parser() -> Parser:
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("scenario", help="scenario TOML file")
-        p.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override one field, e.g. pool.pool_size=8 (value read as TOML)",
-        )
-        p.add_argument("--json", action="store_true", help="print one JSON document")
-
-    common(sub.add_parser("run", help="run one scenario on live services"))
-    common(sub.add_parser("compare", help="simulate and run one scenario, side by side"))
+    add_scenario_arguments(sub.add_parser("run", help="run one scenario on live services"))
+    add_scenario_arguments(
+        sub.add_parser("compare", help="simulate and run one scenario, side by side")
+    )
 
     services = sub.add_parser("services", help="start, stop or inspect local servers")
     ssub = services.add_subparsers(dest="action", required=True, parser_class=Parser)

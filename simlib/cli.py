@@ -29,21 +29,26 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def add_scenario_arguments(p: argparse.ArgumentParser) -> None:
+    """SCENARIO, ``--set`` and ``--json``: the contract's arguments, shared with labs."""
+    p.add_argument("scenario", help="scenario TOML file")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field, e.g. pool.pool_size=8 (value read as TOML)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="python -m simlib", description="Simulate Python database access.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("scenario", help="scenario TOML file")
-        p.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override one field, e.g. pool.pool_size=8 (value read as TOML)",
-        )
-        p.add_argument("--json", action="store_true", help="print one JSON document")
+        add_scenario_arguments(p)
         p.add_argument(
             "--workers",
             type=int,

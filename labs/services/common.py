@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 INSTALL_HINT = "install them with: apt-get install postgresql redis-server"
 
@@ -74,6 +75,30 @@ def check_port_free(port: int, what: str) -> None:
                 f"{what}: port 127.0.0.1:{port} must be free, got {reason}; "
                 "stop what holds it or let labs pick a free port"
             ) from None
+
+
+def start_retrying_port(
+    make: Callable[[], Any], start: Callable[[Any], None], port: int | None, attempts: int = 3
+) -> Any:
+    """Make a server and start it; stop it again if starting fails.
+
+    When we chose the port ourselves (``port is None``), another process can
+    take it between choosing and binding: then try again with a fresh one.
+    """
+    for attempt in range(attempts):
+        server = make()
+        try:
+            start(server)
+            return server
+        except ServiceError as e:
+            server.stop()
+            if port is None and "in use" in str(e).lower() and attempt < attempts - 1:
+                continue
+            raise
+        except BaseException:
+            server.stop()
+            raise
+    raise AssertionError("unreachable")
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:

@@ -48,6 +48,7 @@ from labs.services.common import (
     register,
     remove_dir,
     run,
+    start_retrying_port,
     tail,
     unregister,
     wait_gone,
@@ -395,23 +396,17 @@ def start_primary(
         check_port_free(port, "postgres primary")
     bindir = bindir or find_bindir()
     user = server_user()
-    for attempt in range(3):
-        server = _new_server(bindir, user, "primary", port, max_connections=max_connections)
-        try:
-            server.initdb()
-            server.start()
-            server.create_app_role()
-            return server
-        except ServiceError as e:
-            server.stop()
-            # a free port can be taken between choosing it and binding it: retry
-            if port is None and "in use" in str(e).lower() and attempt < 2:
-                continue
-            raise
-        except BaseException:
-            server.stop()
-            raise
-    raise AssertionError("unreachable")
+
+    def start(server: PostgresServer) -> None:
+        server.initdb()
+        server.start()
+        server.create_app_role()
+
+    return start_retrying_port(
+        lambda: _new_server(bindir, user, "primary", port, max_connections=max_connections),
+        start,
+        port,
+    )
 
 
 def start_replica(

@@ -30,6 +30,7 @@ from labs.services.common import (
     reap,
     register,
     remove_dir,
+    start_retrying_port,
     tail,
     unregister,
     wait_gone,
@@ -158,19 +159,11 @@ def start_redis(*, port: int | None = None, detached: bool = False) -> RedisServ
     binary = find_redis_server()
     if port is not None:
         check_port_free(port, "redis")
-    for attempt in range(3):
+
+    def make() -> RedisServer:
         server = RedisServer(dir=make_dir("labs-redis-"), port=port or free_port(),
                              detached=detached)
         register(server, server.stop)
-        try:
-            server.start(binary)
-            return server
-        except ServiceError as e:
-            server.stop()
-            if port is None and "in use" in str(e).lower() and attempt < 2:
-                continue
-            raise
-        except BaseException:
-            server.stop()
-            raise
-    raise AssertionError("unreachable")
+        return server
+
+    return start_retrying_port(make, lambda server: server.start(binary), port)

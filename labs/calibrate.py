@@ -4,7 +4,11 @@
 
 ``connect_times``   seconds for ``psycopg2.connect(dsn)`` (then closed), one
                     sample per fresh connection: TCP handshake, startup packet,
-                    authentication and the backend fork.
+                    authentication and the backend fork; plus what the new
+                    backend's *first* query costs beyond a second one (it
+                    loads the catalog caches, about 1 ms here).  Whoever opens
+                    a connection also runs its first query, so simlib charges
+                    both as one connect.
 ``rtt``             median seconds of ``SELECT 1`` round trips on one connection.
 ``query_overhead``  median of ``SELECT pg_sleep(0.005)`` minus 0.005 minus
                     ``rtt``, floored at 0: what the server adds to a waiting
@@ -31,9 +35,10 @@ CONNECT_TIMEOUT = 3
 
 @dataclass(frozen=True)
 class Calibration:
-    connect_times: list[float]
+    connect_times: list[float]  # connect + the first query's extra cost
     rtt: float
     query_overhead: float
+    first_query_extra: float = 0.0  # median; already inside connect_times
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -72,14 +77,20 @@ def calibrate(dsn: str, samples: int = 50, *, deadline: float = 15.0) -> Calibra
     phase = deadline / 3
 
     connect_times: list[float] = []
+    first_query: list[float] = []
     phase_end = min(stop, time.perf_counter() + phase)
     for _ in range(samples):
         t0 = time.perf_counter()
         conn = psycopg2.connect(dsn, connect_timeout=CONNECT_TIMEOUT)
         t1 = time.perf_counter()
-        conn.close()
-        connect_times.append(t1 - t0)
-        if t1 >= phase_end:
+        try:
+            with conn.cursor() as cur:
+                extra = _query_seconds(cur) - _query_seconds(cur)  # first minus second
+        finally:
+            conn.close()
+        first_query.append(max(0.0, extra))
+        connect_times.append(t1 - t0 + max(0.0, extra))
+        if time.perf_counter() >= phase_end:
             break
 
     conn = psycopg2.connect(dsn, connect_timeout=CONNECT_TIMEOUT)
@@ -113,4 +124,136 @@ def calibrate(dsn: str, samples: int = 50, *, deadline: float = 15.0) -> Calibra
 
     rtt = statistics.median(rtts)
     overhead = max(0.0, statistics.median(sleeps) - SLEEP - rtt)
-    return Calibration(connect_times=connect_times, rtt=rtt, query_overhead=overhead)
+    return Calibration(connect_times=connect_times, rtt=rtt, query_overhead=overhead,
+                       first_query_extra=statistics.median(first_query))
+
+
+def _query_seconds(cur) -> float:
+    """Seconds for one ``SELECT pg_sleep(0)`` round trip on ``cur``."""
+    t0 = time.perf_counter()
+    cur.execute("SELECT pg_sleep(0)")
+    cur.fetchone()
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------
+# The client's own costs, per library
+# ---------------------------------------------------------------------------
+
+#: Share of the pool's connections the calibration run keeps busy on average:
+#: low enough that a request almost never waits for a connection, so what is
+#: left after subtracting the query is the client's own cost.
+CLIENT_UTILISATION = 0.3
+#: Highest arrival rate of the calibration run (requests per second).
+CLIENT_RATE_MAX = 200.0
+#: Measured seconds of the calibration run (after a 0.5 s warm-up).
+CLIENT_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class ClientCalibration:
+    """Samples of the client's per-request costs with one pool library.
+
+    ``dispatch``: scheduled arrival until a connection is in hand, for
+    requests that did not wait for the pool, minus any connect they paid
+    themselves (simlib charges connects separately, from ``connect_time``).
+
+    ``hold``: connection in hand until it is back in the pool, minus the
+    drawn service time and the round trips simlib already charges (the query
+    and, where the library resets a returned connection, the reset).
+    """
+
+    pool_kind: str
+    rate: float
+    dispatch: list[float]
+    hold: list[float]
+
+    def to_dict(self) -> dict[str, object]:
+        def summary(xs: list[float]) -> dict[str, float]:
+            return {"mean": statistics.fmean(xs), "median": statistics.median(xs),
+                    "samples": len(xs)}
+
+        return {"pool_kind": self.pool_kind, "rate": self.rate,
+                "dispatch": summary(self.dispatch), "hold": summary(self.hold)}
+
+
+def client_rate(scenario) -> float:
+    """The calibration run's arrival rate: light load on this scenario's pool."""
+    limit = _pool_limit(scenario.pool)
+    service = max(1e-4, float(scenario.query.service_time.mean))
+    rate = min(CLIENT_RATE_MAX, CLIENT_UTILISATION * limit / service)
+    if scenario.workload.kind == "open":
+        rate = min(rate, scenario.workload.rate)
+    return max(20.0, rate)
+
+
+def _pool_limit(pool) -> int:
+    for name in ("maxconn", "max_size"):
+        value = getattr(pool, name, None)
+        if isinstance(value, int):
+            return value
+    if hasattr(pool, "pool_size"):
+        if pool.pool_size == 0 or pool.max_overflow == -1:
+            return 64
+        return pool.pool_size + pool.max_overflow
+    return 64  # no pool: each request has its own connection
+
+
+def calibrate_client(scenario, dsn: str, network_rtt: float, *,
+                     admin_dsn: str | None = None) -> ClientCalibration:
+    """Measure the client's costs with ``scenario``'s pool library at light load.
+
+    Runs the scenario's own pool (same library and settings, same query kind)
+    for :data:`CLIENT_SECONDS` at :func:`client_rate`, an open loop with the
+    scenario's service times, through the live executor.  ``network_rtt`` is
+    the round trip simlib will charge per query (calibrated rtt + query
+    overhead), subtracted from each hold so it is not counted twice.
+    """
+    from labs.executor import run_live
+
+    rate = client_rate(scenario)
+    light = scenario.with_values({
+        "workload.kind": "open",
+        "workload.rate": rate,
+        "workload.duration": CLIENT_SECONDS,
+        "workload.warmup": 0.5,
+    })
+    result = run_live(light, dsn, admin_dsn=admin_dsn, drain_limit=10.0)
+    start, end = light.workload.warmup, light.workload.warmup + light.workload.duration
+    dispatch, hold = client_samples(result.records, start, end,
+                                    charged_round_trips(scenario.pool, network_rtt))
+    if not dispatch:
+        raise RuntimeError("calibrate_client: no request of the calibration run succeeded")
+    return ClientCalibration(scenario.pool.kind, rate, dispatch, hold)
+
+
+def charged_round_trips(pool, network_rtt: float) -> float:
+    """Seconds of round trips simlib charges a request while it holds a connection.
+
+    The query's round trip, plus the reset of a returned connection where the
+    library does one (``reset_on_return``), as simlib.pools charge them.
+    """
+    resets = 1 if getattr(pool, "reset_on_return", False) else 0
+    return network_rtt * (1 + resets)
+
+
+def client_samples(records, start: float, end: float,
+                   charged: float) -> tuple[list[float], list[float]]:
+    """Per-request client costs in a run's records: (dispatch, hold) samples.
+
+    Successful requests scheduled in ``[start, end)``.  Dispatch only from
+    requests that did not wait for the pool (a wait is the pool's doing, not
+    the client's), minus any connect the request paid itself; hold minus the
+    service time and the ``charged`` round trips.
+    """
+    from simlib.metrics import OK
+
+    dispatch: list[float] = []
+    hold: list[float] = []
+    for r in records:
+        if not (start <= r.scheduled < end) or r.outcome != OK:
+            continue
+        if not r.waited:
+            dispatch.append(max(0.0, r.got - r.scheduled - r.connect_s))
+        hold.append(max(0.0, r.released - r.got - r.service - charged))
+    return dispatch, hold

@@ -4,6 +4,8 @@
 
     python -m labs run SCENARIO.toml [--set KEY=VALUE ...] [--json]
     python -m labs compare SCENARIO.toml [--set KEY=VALUE ...] [--json]
+    python -m labs validate [--only NAME] [--set KEY=VALUE ...] [--quick] [--json]
+                            [--markdown] [--out FILE] [--strict]
     python -m labs services up [--replicas N] [--no-redis] [--max-connections N] [--json]
     python -m labs services down [--json]
     python -m labs services status [--json]
@@ -19,12 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Mapping, Sequence
 
 from labs.services import ServiceError
 from simlib.cli import Parser, UsageError, add_scenario_arguments
 from simlib.scenario import ScenarioError, load_scenario
+from simlib.simulation import check_supported
 
 NOT_YET = "the live executor is not available yet"
 
@@ -40,6 +44,26 @@ def build_parser() -> Parser:
     add_scenario_arguments(
         sub.add_parser("compare", help="simulate and run one scenario, side by side")
     )
+
+    val = sub.add_parser(
+        "validate", help="run the built-in fidelity suite: predicted vs measured, scored"
+    )
+    val.add_argument(
+        "--only", action="append", default=[], metavar="NAME[,NAME]",
+        help="run only these suite scenarios (by name)",
+    )
+    val.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one field in every suite scenario",
+    )
+    val.add_argument("--quick", action="store_true",
+                     help="short windows: checks the machinery, not the fidelity")
+    val.add_argument("--json", action="store_true", help="print one JSON document")
+    val.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    val.add_argument("--out", metavar="JSON",
+                     help="also write the JSON document here (atomically)")
+    val.add_argument("--strict", action="store_true",
+                     help="exit 1 when any goal is missed")
 
     services = sub.add_parser("services", help="start, stop or inspect local servers")
     ssub = services.add_subparsers(dest="action", required=True, parser_class=Parser)
@@ -107,7 +131,7 @@ def _with_services(scenario, function, **kw):
     from labs.services import services_for_scenario
 
     with services_for_scenario(scenario) as svc:
-        result = function(scenario, svc.primary, **kw)
+        result = function(scenario, svc.primary, admin_dsn=svc.primary_admin, **kw)
         wanted = scenario.database.max_connections
         actual = wanted if svc.can_configure else svc.max_connections()
         info = {
@@ -131,6 +155,7 @@ def _with_services(scenario, function, **kw):
 def _run(args: argparse.Namespace) -> int:
     executor, run_live = _executor("run_live")
     scenario = load_scenario(args.scenario, args.overrides)
+    check_supported(scenario)  # refuse before starting any server
     result = _with_services(scenario, run_live, progress=not args.json and sys.stderr.isatty())
     if args.json:
         print(json.dumps(_document(result), allow_nan=False))
@@ -147,9 +172,46 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_writable(path: str, option: str) -> None:
+    """Raise UsageError unless a file can be created at ``path`` (makes its directory)."""
+    from pathlib import Path
+
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        ok = target.parent.is_dir() and os.access(target.parent, os.W_OK | os.X_OK)
+        ok = ok and not target.is_dir()
+    except OSError:
+        ok = False
+    if not ok:
+        raise UsageError(f"{option}: must be a file path in a writable directory, got {path}")
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from labs import validate
+    from simlib.files import atomic_write_text
+
+    scenarios = validate.load_suite(args.only, args.overrides, quick=args.quick)
+    if args.out:
+        check_writable(args.out, "--out")  # now, not after minutes of measuring
+    doc = validate.validate(
+        scenarios, on_row=None if args.json else validate.progress_line
+    )
+    text = json.dumps(doc, allow_nan=False)
+    if args.out:
+        atomic_write_text(args.out, text + "\n")
+    if args.json:
+        print(text)
+    else:
+        print(validate.render(doc, markdown=args.markdown))
+    summary = doc["summary"]
+    return 1 if args.strict and summary["goals_met"] < summary["goals"] else 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     executor, compare = _executor("compare")
     scenario = load_scenario(args.scenario, args.overrides)
+    check_supported(scenario)
     result = _with_services(scenario, compare)
     if args.json:
         print(json.dumps(_document(result), allow_nan=False))
@@ -252,6 +314,7 @@ def _services(args: argparse.Namespace) -> int:
         with signals_deferred():  # leftovers of an earlier `up`: clear them first
             discovery.LocalCluster.from_state(state).stop()
         discovery.remove_state()
+    discovery.check_state_dir()  # before starting servers it could not record
     with signals_raise():
         cluster = discovery.LocalCluster.start(
             replicas=args.replicas,
@@ -282,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "services":
             return _services(args)
+        if args.command == "validate":
+            return _validate(args)
         return _run(args) if args.command == "run" else _compare(args)
     except (ScenarioError, UsageError, ServiceError) as e:
         print(f"labs: {e}", file=sys.stderr)

@@ -2,15 +2,27 @@
 
 ``compare(scenario, dsn)`` does, in order:
 
-1. :func:`labs.calibrate.calibrate` on the live server at ``dsn``;
-2. the *predicted* scenario: ``database.connect_time`` becomes
-   ``empirical(calibrated connect samples)`` and ``database.network_rtt``
-   becomes ``rtt + query_overhead``;
-3. ``simulate`` the predicted scenario and ``run_live`` the original one;
-4. returns the contract document ``{"simulated", "measured", "calibration"}``
+1. :func:`labs.calibrate.calibrate` on the live server at ``dsn``: connect
+   time (with a new backend's first query), round trip, query overhead;
+2. :func:`labs.calibrate.calibrate_client`: a short light-load run of the
+   scenario's own pool library, measuring what the client itself costs per
+   request (``dispatch`` before a connection is in hand, ``hold`` while it is);
+3. the *predicted* scenario: ``database.connect_time`` becomes
+   ``empirical(calibrated connect samples)``, ``database.network_rtt``
+   becomes ``rtt + query_overhead``, and ``[client]`` gets the dispatch and
+   hold samples;
+4. ``simulate`` the predicted scenario and ``run_live`` the original one;
+5. returns the contract document ``{"simulated", "measured", "calibration"}``
    plus ``"errors": {metric: {predicted, measured, abs_error, rel_error}}``
    (``abs_error = predicted - measured``, ``rel_error = abs_error / measured``,
-   ``null`` where measured is 0 or either side is missing).
+   ``null`` where measured is 0 or either side is missing) and
+   ``"single_run_range"``: per metric, where one run falls with 95%
+   probability according to the simulation's replications (a live run is one
+   run, with its own sampling noise, so this is the range to judge it by).
+
+Everything the prediction uses is measured *before* the live run and at a
+different operating point (idle server, light load), so the comparison
+tests the model, not a fit to the run it predicts.
 
 Why the query overhead goes into the round trip rather than the service time:
 simlib pays ``network_rtt`` exactly once per query (``rtt + service_time`` in
@@ -19,17 +31,19 @@ query by it without changing the *shape* of the scenario's service-time
 distribution (an exponential with a larger mean would also widen its tail,
 which the real overhead does not do).  The price: the same rtt is also paid
 by a pre-ping and by the reset (ROLLBACK) of a returned connection, which
-then also carry the overhead; with loopback numbers (tens of microseconds)
-that bias is small and is reported under ``calibration.applied``.
+then also carry the overhead; the client calibration subtracts exactly what
+simlib charges, so the total per request stays right.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-from labs.calibrate import calibrate
+from labs.calibrate import Calibration, ClientCalibration, calibrate, calibrate_client
+from simlib.metrics import prediction_interval
 from simlib.scenario import Scenario
-from simlib.simulation import simulate
+from simlib.simulation import SimulationResult, simulate
 
 
 def _num(x: object) -> float | None:
@@ -54,34 +68,109 @@ def errors(simulated: dict, measured: dict) -> dict[str, dict[str, float | None]
     return out
 
 
-def predicted_scenario(scenario: Scenario, cal) -> Scenario:
-    """``scenario`` with the machine-dependent database inputs set from ``cal``."""
-    return scenario.with_values({
+def single_run_ranges(result: SimulationResult) -> dict[str, list[float] | None]:
+    """Per metric: the 95% range of one run, from the simulation's replications."""
+    out: dict[str, list[float] | None] = {}
+    for name in result.metrics:
+        pi = prediction_interval([r[name] for r in result.replications if name in r])
+        out[name] = None if pi is None or not all(map(math.isfinite, pi)) else list(pi)
+    return out
+
+
+def predicted_scenario(
+    scenario: Scenario, cal: Calibration, client: ClientCalibration | None = None
+) -> Scenario:
+    """``scenario`` with the machine-dependent inputs set from the calibrations.
+
+    ``database.connect_time`` and ``database.network_rtt`` from ``cal``;
+    ``client.dispatch`` and ``client.hold`` from ``client`` (empirical
+    distributions of the samples), when given.
+    """
+    values: dict[str, object] = {
         "database.connect_time": {"dist": "empirical", "samples": list(cal.connect_times)},
         "database.network_rtt": cal.rtt + cal.query_overhead,
-    })
+    }
+    if client is not None:
+        values["client.dispatch"] = {"dist": "empirical", "samples": list(client.dispatch)}
+        values["client.hold"] = {"dist": "empirical", "samples": list(client.hold)}
+    return scenario.with_values(values)
 
 
-def compare(scenario: Scenario, dsn: str, *, samples: int = 50, progress: bool = False) -> dict:
-    """Calibrate at ``dsn``, simulate the calibrated scenario, run it live: one document."""
+@dataclass
+class Comparison:
+    """Everything one comparison produced; ``document`` is what ``--json`` prints."""
+
+    document: dict
+    predicted: Scenario  # the calibrated scenario simlib ran
+    simulation: SimulationResult
+    live: object  # labs.executor.LiveResult (records included)
+
+
+def run_comparison(
+    scenario: Scenario,
+    dsn: str,
+    *,
+    samples: int = 50,
+    progress: bool = False,
+    calibration: Calibration | None = None,
+    admin_dsn: str | None = None,
+    client_costs: bool = True,
+    replications: int | None = None,
+) -> Comparison:
+    """:func:`compare`, keeping the simulation and the live result (with its records).
+
+    ``replications``: simulate this many replications instead of the
+    scenario's own (``labs validate`` uses more, for tighter ranges).
+    """
     from labs.executor import run_live
 
-    cal = calibrate(dsn, samples=samples)
-    predicted = predicted_scenario(scenario, cal)
-    simulated = simulate(predicted).to_json()
-    measured = run_live(scenario, dsn, progress=progress).to_json()
-    calibration = cal.to_dict()
-    calibration["applied"] = {
+    cal = calibration if calibration is not None else calibrate(dsn, samples=samples)
+    client = None
+    if client_costs:
+        client = calibrate_client(scenario, dsn, cal.rtt + cal.query_overhead,
+                                  admin_dsn=admin_dsn)
+    predicted = predicted_scenario(scenario, cal, client)
+    if replications is not None:
+        predicted = predicted.with_values({"replications": replications})
+    simulation = simulate(predicted)
+    simulated = simulation.to_json()
+    live = run_live(scenario, dsn, progress=progress, admin_dsn=admin_dsn)
+    measured = live.to_json()
+    applied = calibration_applied(cal)
+    doc_cal = cal.to_dict()
+    if client is not None:
+        doc_cal["client"] = client.to_dict()
+        applied["client.dispatch"] = "empirical(client dispatch samples)"
+        applied["client.hold"] = "empirical(client hold samples)"
+    doc_cal["applied"] = applied
+    document = {
+        "simulated": simulated,
+        "measured": measured,
+        "calibration": doc_cal,
+        "errors": errors(simulated, measured),
+        "single_run_range": single_run_ranges(simulation),
+    }
+    return Comparison(document, predicted, simulation, live)
+
+
+def compare(scenario: Scenario, dsn: str, **kw) -> dict:
+    """Calibrate at ``dsn``, simulate the calibrated scenario, run it live: one document.
+
+    Keywords as :func:`run_comparison`: ``calibration`` reuses an earlier
+    calibration of the same server (``labs validate`` calibrates once for its
+    whole suite); ``client_costs=False`` predicts a free client (no
+    :func:`labs.calibrate.calibrate_client` run).
+    """
+    return run_comparison(scenario, dsn, **kw).document
+
+
+def calibration_applied(cal: Calibration) -> dict[str, object]:
+    """What ``predicted_scenario`` changed, for the JSON document."""
+    return {
         "database.connect_time": "empirical(connect_times)",
         "database.network_rtt": cal.rtt + cal.query_overhead,
         "note": "query_overhead is folded into network_rtt (paid once per query; "
                 "pre-ping and reset round trips carry it too)",
-    }
-    return {
-        "simulated": simulated,
-        "measured": measured,
-        "calibration": calibration,
-        "errors": errors(simulated, measured),
     }
 
 

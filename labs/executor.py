@@ -89,12 +89,12 @@ LIVE_METRICS: tuple[str, ...] = (
 )
 
 
-def _clean(x):
+def json_safe(x: object) -> object:
     """JSON-safe: NaN and infinities become None; NumPy scalars become Python ones."""
     if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, np.generic):
         x = x.item()
     if isinstance(x, float) and not math.isfinite(x):
@@ -112,6 +112,8 @@ class LiveResult:
     details: dict = field(default_factory=dict)
     #: every request's record (labs.drivers.common.Record), for plots; not in the JSON
     records: list[Record] = field(default_factory=list, repr=False)
+    #: seconds of every timed connect of the run (not in the JSON)
+    connect_durations: list[float] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict[str, object]:
         """The contract's JSON document (one run: every ``ci95`` is null)."""
@@ -121,10 +123,11 @@ class LiveResult:
             "replications": 1,
             "seed": self.scenario.seed,
             "metrics": {
-                name: {"value": _clean(value), "ci95": None} for name, value in self.metrics.items()
+                name: {"value": json_safe(value), "ci95": None}
+                for name, value in self.metrics.items()
             },
-            "server": _clean(dict(self.server)),
-            "details": _clean(dict(self.details)),
+            "server": json_safe(dict(self.server)),
+            "details": json_safe(dict(self.details)),
         }
 
 
@@ -134,12 +137,18 @@ def run_live(
     *,
     progress: bool = False,
     drain_limit: float | None = None,
+    admin_dsn: str | None = None,
 ) -> LiveResult:
     """Run ``scenario`` once against the Postgres at ``dsn`` and measure it.
 
     ``drain_limit``: seconds after the window that its requests may still
-    finish (default: simlib's ``max(60, duration)``).
+    finish (default: simlib's ``max(60, duration)``).  ``admin_dsn``: where
+    the monitor, the CPU calibration and the cancel at the drain limit
+    connect (default ``dsn``).  On labs' own servers it is a superuser that
+    uses the reserved connection slots, so the monitor never takes one of the
+    ``max_connections`` the scenario's pool may use.
     """
+    admin = admin_dsn or dsn
     check_supported(scenario)
     w = scenario.workload
     start, end = w.warmup, w.warmup + w.duration
@@ -168,25 +177,26 @@ def run_live(
             if hasattr(scenario.query.service_time, "mean")
             else 0.01
         )
-        calibration = calibrate_cpu(dsn, target=min(0.05, max(0.002, mean)))
+        calibration = calibrate_cpu(admin, target=min(0.05, max(0.002, mean)))
         details["cpu_calibration"] = calibration
         query = QuerySpec(cpu_bound=True, seconds_per_row=calibration["seconds_per_row"])
     details["query"] = query.sql("pyformat")
 
     ctx = RunContext(dsn=dsn, application_name=app, query=query)
-    sessions_before = database_sessions(dsn)
+    sessions_before = database_sessions(admin)
     driver = driver_class(scenario.pool.kind)(scenario, ctx)
-    monitor = Monitor(dsn, app, ctx.now)
+    monitor = Monitor(admin, app, ctx.now)
 
     def on_stop() -> None:
         # Drain limit reached: cancel our queries still running on the server
         # so threads blocked in them come back (they count as incomplete).
         for _ in range(3):
-            if cancel_backends(dsn, app) == 0:
+            if cancel_backends(admin, app) == 0:
                 break
             time.sleep(0.2)
 
     threads = thread_count(getattr(driver, "limit", None), w.kind, w.clients)
+    cpu = CpuMeter()
     try:
         if scenario.pool.kind in ASYNC_KINDS:
             records, facts = run_async(
@@ -215,12 +225,14 @@ def run_live(
             finally:
                 driver.close()
         run_end = ctx.now()
+        cpu_used = cpu.read()
     finally:
         monitor.stop()
     time.sleep(0.3)  # let exiting backends flush their statistics
-    sessions_after = database_sessions(dsn)
+    sessions_after = database_sessions(admin)
 
     details.update(facts)
+    details["cpu"] = cpu_used
     details["driver"] = driver.details()
     details["run_seconds"] = run_end
     details["wall_start"] = wall_start
@@ -229,7 +241,54 @@ def run_live(
     metrics = _metrics(records, ctx, monitor, start, end, cutoff, run_end)
     details.update(_extra_details(records, ctx, start, end))
     server = _server(records, monitor, start, end, sessions_before, sessions_after)
-    return LiveResult(scenario, metrics, server, details, records)
+    return LiveResult(scenario, metrics, server, details, records, list(ctx.connect_durations))
+
+
+class CpuMeter:
+    """CPU used while a run lasts: by this (client) process, and by the whole host.
+
+    The client and a local server share the machine's cores, so when a live
+    result falls short of its prediction the first question is whether the
+    machine, rather than the database, was the bottleneck.  ``client_cores``
+    is this process's CPU seconds per wall second (all threads; 1.0 = one
+    core busy, and with the GIL one Python process cannot go far beyond it);
+    ``host_busy_cores`` is the same for everything on the host, from
+    ``/proc/stat`` (None where there is no /proc).
+    """
+
+    def __init__(self) -> None:
+        self.wall = time.perf_counter()
+        self.process = time.process_time()
+        self.host = _host_busy_seconds()
+
+    def read(self) -> dict[str, float | int | None]:
+        wall = max(1e-9, time.perf_counter() - self.wall)
+        host = _host_busy_seconds()
+        client = time.process_time() - self.process
+        return {
+            "wall_s": wall,
+            "client_cpu_s": client,
+            "client_cores": client / wall,
+            "host_busy_cores": (
+                None if host is None or self.host is None else (host - self.host) / wall
+            ),
+            "host_cores": os.cpu_count(),
+        }
+
+
+def _host_busy_seconds() -> float | None:
+    """Seconds of non-idle CPU time summed over all cores since boot (Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    busy = sum(ticks[:8]) - idle  # user..steal; guest time is already in user
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def _overlap(a: float, b: float, lo: float, hi: float) -> float:

@@ -3,11 +3,18 @@
 What it models, and which real behaviour it follows:
 
 * **Opening a connection** costs ``connect_time`` (TCP handshake, the startup
-  packet, authentication, and the fork of a Postgres backend process).  The
-  server counts the new backend from the start of the attempt; if
-  ``max_connections`` backends already exist, Postgres still answers the
-  startup packet but then refuses with ``FATAL: sorry, too many clients
-  already``, so a refusal costs the same time and the client gets an error.
+  packet, the fork of a Postgres backend process, authentication).  The new
+  backend takes a connection slot as soon as it starts (Postgres: a PGPROC in
+  ``InitProcess``), but whether an ordinary role may stay is decided late,
+  after authentication (``InitPostgres``: unless enough slots are still free,
+  ``FATAL: remaining connection slots are reserved for non-replication
+  superuser connections``).  So the model counts every attempt in progress
+  against ``max_connections`` and decides at the *end* of the connect: an
+  attempt is refused when the open connections plus the attempts still
+  starting (itself included) exceed the limit.  A refusal costs the whole
+  connect time, and doomed attempts crowd out one another while they last,
+  which is why a pool that hammers a full server gets refused more than a
+  count of open connections suggests.
 * **A round trip** (``network_rtt``) is paid by every message the client waits
   for: the query itself, a pre-ping ``SELECT 1``, the ``ROLLBACK``/``COMMIT``
   that resets a connection returned to a pool.
@@ -129,26 +136,36 @@ class DatabaseServer:
         self.max_connections = config.max_connections
         self.connect_time = connect_time
         self.recorder = recorder
-        self.connections = 0
+        self.connections = 0  # open connections
+        self.starting = 0  # connection attempts in progress (they hold a slot too)
         # With unlimited cores a CPU-bound query is just a fixed delay, so we
         # only build the processor-sharing machinery when it can matter.
         self.cpu: ProcessorSharing | None = (
             ProcessorSharing(env, config.cores) if cpu_bound and config.cores > 0 else None
         )
 
-    def open(self) -> tuple[float, bool]:
-        """Start opening a connection: returns (time it takes, accepted?).
+    def begin_connect(self) -> float:
+        """Start a connection attempt: it takes a slot now; returns how long it takes."""
+        self.starting += 1
+        return self.connect_time()
 
-        The slot is taken at once when accepted, so concurrent attempts cannot
-        overshoot ``max_connections``.
+    def finish_connect(self) -> Connection:
+        """End an attempt begun with :meth:`begin_connect`: the new connection, or refused.
+
+        Refused when the open connections, the other attempts still starting
+        and this one exceed ``max_connections``.
         """
-        delay = self.connect_time()
-        if self.connections >= self.max_connections:
+        self.starting -= 1
+        if self.connections + self.starting + 1 > self.max_connections:
             self.recorder.refused()
-            return delay, False
+            raise ConnectionRefused()
         self.connections += 1
         self.recorder.connection_opened(self.connections)
-        return delay, True
+        return Connection(self.env.now)
+
+    def abandon_connect(self) -> None:
+        """The client gave up on an attempt (a timeout cancelled it): free its slot."""
+        self.starting -= 1
 
     def connect(self):
         """Open a connection (a generator for ``yield from``).
@@ -156,12 +173,10 @@ class DatabaseServer:
         Returns the new :class:`Connection`, or raises :class:`ConnectionRefused`
         after the connect time has passed.
         """
-        delay, accepted = self.open()
+        delay = self.begin_connect()
         if delay > 0:
             yield self.env.timeout(delay)
-        if not accepted:
-            raise ConnectionRefused()
-        return Connection(self.env.now)
+        return self.finish_connect()
 
     def preopen(self) -> Connection:
         """A connection that exists before the service starts taking requests.
@@ -170,7 +185,7 @@ class DatabaseServer:
         are built before an application serves traffic, so their first
         connections cost the requests nothing.
         """
-        if self.connections >= self.max_connections:
+        if self.connections + self.starting >= self.max_connections:
             raise ConnectionRefused()
         self.connections += 1
         self.recorder.connection_opened(self.connections, counted=False)

@@ -287,6 +287,25 @@ def confidence_interval(samples: Sequence[float], level: float = 0.95) -> Estima
     return Estimate(m, (m - half, m + half))
 
 
+def prediction_interval(
+    samples: Sequence[float], level: float = 0.95
+) -> tuple[float, float] | None:
+    """Where *one more* independent replication's value falls, with probability ``level``.
+
+    ``mean +- t * sd * sqrt(1 + 1/n)``: wider than the confidence interval of
+    the mean, because a single run carries its own sampling noise.  This is
+    the range to hold a single live run against.  None with fewer than two
+    samples.
+    """
+    x = np.asarray([s for s in samples if not math.isnan(s)], dtype=float)
+    if x.size < 2:
+        return None
+    m = float(x.mean())
+    half = float(stdtrit(x.size - 1, 0.5 + level / 2) * x.std(ddof=1)
+                 * math.sqrt(1 + 1 / x.size))
+    return (m - half, m + half)
+
+
 def summarise(replications: Sequence[Mapping[str, float]]) -> dict[str, Estimate]:
     """Per-metric estimates across replications, in report order."""
     return {

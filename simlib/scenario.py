@@ -57,6 +57,7 @@ __all__ = [
     "PsycopgPoolConfig",
     "QueuePoolConfig",
     "Query",
+    "Client",
     "Replicas",
     "Scenario",
     "ScenarioError",
@@ -145,6 +146,28 @@ class Database(_Table):
     network_rtt: float = 0.0001
     cores: int = 2  # 0 = unlimited
     max_connections: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Client(_Table):
+    """What the application's own code costs per request (Python is not free).
+
+    ``dispatch``: from a request's arrival until its code has a connection
+    in hand, beyond what the pool itself makes it wait: scheduling the
+    request onto a thread or task, and the library's checkout code.  The
+    request holds no connection yet.
+
+    ``hold``: client time while a connection is checked out, beyond the
+    round trips and the query: the driver sending the query and decoding the
+    result, and the pool's return path.  The connection is busy (and no one
+    else can use it) all that time, so it raises the pool's utilisation.
+
+    Both default to nothing (a free client).  ``labs compare`` measures them
+    for the scenario's library on this machine (see labs/calibrate.py).
+    """
+
+    dispatch: Distribution = Constant(0.0)
+    hold: Distribution = Constant(0.0)
 
 
 class _Pool(_Table):
@@ -268,6 +291,7 @@ class Scenario:
     query: Query = Query()
     pool: PoolConfig = QueuePoolConfig()
     database: Database = Database()
+    client: Client = Client()
     cache: Cache | None = None  # None = no cache
     replicas: Replicas | None = None  # None = primary only
 
@@ -285,6 +309,9 @@ class Scenario:
             "pool": self.pool.to_dict(),
             "database": self.database.to_dict(),
         }
+        if self.client != Client():
+            # Left out when free, so scenario files without [client] stay as written.
+            data["client"] = self.client.to_dict()
         if self.cache is not None:
             data["cache"] = self.cache.to_dict()
         if self.replicas is not None:
@@ -471,6 +498,11 @@ _DATABASE_RULES: dict[str, Rule] = {
     "max_connections": _integer(">=", 1),
 }
 
+_CLIENT_RULES: dict[str, Rule] = {
+    "dispatch": parse_distribution,
+    "hold": parse_distribution,
+}
+
 _POOL_RULES: dict[type, dict[str, Rule]] = {
     QueuePoolConfig: {
         "pool_size": _integer(">=", 0),
@@ -576,6 +608,7 @@ _SCENARIO_RULES: dict[str, Rule] = {
     "query": _section(Query, _QUERY_RULES),
     "pool": _pool,
     "database": _section(Database, _DATABASE_RULES),
+    "client": _section(Client, _CLIENT_RULES),
     "cache": _section(Cache, _CACHE_RULES),
     "replicas": _section(Replicas, _REPLICAS_RULES),
 }

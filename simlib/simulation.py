@@ -75,6 +75,7 @@ def run_replication(scenario: Scenario, replication: int) -> dict[str, float]:
         picks_keys=w.write_fraction > 0
         or scenario.cache is not None
         or scenario.replicas is not None,
+        client=scenario.client,
     )
     pool.start()
     workload.start()

@@ -37,6 +37,8 @@ STREAM_NAMES: tuple[str, ...] = (
     "lag",
     "cache",
     "routing",
+    "dispatch",
+    "hold",
 )
 
 _BATCH = 4096

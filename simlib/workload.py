@@ -26,8 +26,10 @@ from collections.abc import Callable
 import simpy
 
 from simlib.database import ConnectionRefused, DatabaseServer
+from simlib.distributions import Constant, Distribution
 from simlib.metrics import ERROR, OK, TIMEOUT, Recorder
 from simlib.pools.base import PoolModel, PoolTimeout
+from simlib.scenario import Client as ClientConfig
 from simlib.scenario import Workload as WorkloadConfig
 from simlib.streams import Streams
 
@@ -37,6 +39,13 @@ from simlib.streams import Streams
 #: exception; without it a client with no think time would retry forever at
 #: the same simulated instant.
 FAILED_REQUEST_PAUSE = 0.001
+
+
+def _sampler(streams: Streams, name: str, dist: Distribution) -> Callable[[], float] | None:
+    """A sampler for ``dist`` on stream ``name``, or None for a constant 0 (no cost)."""
+    if isinstance(dist, Constant) and dist.value == 0:
+        return None
+    return streams.distribution(name, dist)
 
 
 class Request:
@@ -64,6 +73,7 @@ class Workload:
         service_time: Callable[[], float],
         streams: Streams,
         picks_keys: bool,
+        client: ClientConfig | None = None,
     ) -> None:
         self.env = env
         self.config = config
@@ -75,6 +85,11 @@ class Workload:
         self.picks_keys = picks_keys
         self._key = streams.choice("keys", config.popularity.probabilities(config.keys))
         self._write = streams.uniform("writes")
+        # The client's own costs (scenario [client]); None when free, so a
+        # scenario without them schedules no extra events.
+        client = client or ClientConfig()
+        self._dispatch = _sampler(streams, "dispatch", client.dispatch)
+        self._hold = _sampler(streams, "hold", client.hold)
         # Requests that arrived in the measured window and are not finished:
         # the run ends when this reaches zero after the window (or at a limit).
         self.pending = 0
@@ -130,6 +145,10 @@ class Workload:
             recorder.arrivals += 1
             self.pending += 1
         recorder.request_started()
+        if self._dispatch is not None:
+            # The request's own code runs before it asks the pool (thread
+            # hand-off, library checkout code): no connection held yet.
+            yield env.timeout(self._dispatch())
         try:
             conn = yield from pool.checkout(request)
         except PoolTimeout:
@@ -142,6 +161,10 @@ class Workload:
         recorder.checked_out()
         server = self.server
         reset = pool.reset_delay(conn)
+        if self._hold is not None:
+            # Client work while the connection is out (driver, result, return
+            # path): after the result is back, before the pool has it again.
+            reset += self._hold()
         if server.cpu is None:
             # Round trip + service + reset in one timeout: same result, fewer events.
             query = server.rtt + self.service_time()

@@ -57,18 +57,18 @@ class Harness:
         self.outcomes: list[tuple[int, str, float, float]] = []  # (i, outcome, got_at, done_at)
         self.opened = 0
         self.closed = 0
-        opened, closed = self.server.open, self.server.close
+        finish, closed = self.server.finish_connect, self.server.close
 
         def counting_open():
-            delay, ok = opened()
-            self.opened += ok
-            return delay, ok
+            conn = finish()  # raises ConnectionRefused: not counted
+            self.opened += 1
+            return conn
 
         def counting_close(conn):
             self.closed += not conn.closed
             closed(conn)
 
-        self.server.open = counting_open
+        self.server.finish_connect = counting_open
         self.server.close = counting_close
 
     def request(self, i: int, at: float, hold: float) -> None:
@@ -427,13 +427,23 @@ def test_asyncpg_acquire_timeout_includes_the_lazy_connect():
 # No pool, server limits, processor sharing
 # ---------------------------------------------------------------------------
 def test_no_pool_connects_every_time_and_server_refuses_beyond_max_connections():
+    # Postgres decides late (after authentication) and counts attempts still
+    # starting: three attempts at once for two slots, so whichever finishes
+    # its startup first sees three slots taken and is refused.
     h = Harness({"kind": "none"}, connect_time=0.004, max_connections=2)
     for i in range(3):
-        h.request(i, 0.0, 0.1)  # three at once; the third is refused
+        h.request(i, 0.0, 0.1)
     h.request(3, 1.0, 0.1)
     out = {i: o for i, o, _, _ in h.run()}
-    assert out == {0: "ok", 1: "ok", 2: "ConnectionRefused", 3: "ok"}
+    assert out == {0: "ConnectionRefused", 1: "ok", 2: "ok", 3: "ok"}
     assert h.opened == 3 and h.closed == 3 and h.server.connections == 0
+    assert h.server.starting == 0
+    # Staggered attempts: the third starts while two are open and is refused.
+    h = Harness({"kind": "none"}, connect_time=0.004, max_connections=2)
+    for i in range(3):
+        h.request(i, 0.01 * i, 0.1)
+    out = {i: o for i, o, _, _ in h.run()}
+    assert out == {0: "ok", 1: "ok", 2: "ConnectionRefused"}
 
 
 def test_processor_sharing_by_hand():

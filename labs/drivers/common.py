@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from simlib.metrics import ERROR, OK, TIMEOUT
@@ -34,6 +35,7 @@ __all__ = [
     "TIMEOUT",
     "TOO_MANY_CONNECTIONS",
     "BIG_TIMEOUT",
+    "CURRENT_RECORD",
     "PoolTimeoutError",
     "QuerySpec",
     "Record",
@@ -68,16 +70,29 @@ class Record:
     finished: float | None = None
     outcome: int | None = None  # OK / TIMEOUT / ERROR; None = unfinished
     waited: bool = False
+    connect_s: float = 0.0  # seconds this request itself spent opening connections
     sqlstate: str | None = None
     error: str | None = None
 
 
+#: The request the current thread or asyncio task is serving (set by ``serve``).
+CURRENT_RECORD: ContextVar[Record | None] = ContextVar("labs_current_record", default=None)
+
+
 @dataclass(frozen=True, slots=True)
 class QuerySpec:
-    """How a service time becomes SQL: ``pg_sleep(s)`` or a calibrated CPU burn."""
+    """How a service time becomes SQL: ``pg_sleep(s)`` or a calibrated CPU burn.
+
+    ``select_one`` (bench/bench_harness.py) replaces both with a plain
+    ``SELECT 1`` without a parameter, so the harness can be timed against
+    ``pgbench`` on the cheapest possible query.  Only the asyncpg driver
+    supports it (it sends :meth:`params`); the thread-based drivers always
+    pass one parameter.
+    """
 
     cpu_bound: bool = False
     seconds_per_row: float = 0.0  # from calibration (cpu_bound only)
+    select_one: bool = False  # plain SELECT 1, no parameter (service time ignored)
 
     def argument(self, service: float) -> float | int:
         """The query's single parameter for ``service`` seconds of database time."""
@@ -85,8 +100,14 @@ class QuerySpec:
             return max(0.0, float(service))
         return max(1, min(2_000_000_000, round(service / self.seconds_per_row)))
 
+    def params(self, service: float) -> tuple[float | int, ...]:
+        """The query's parameters: ``(argument(service),)``, or none for ``select_one``."""
+        return () if self.select_one else (self.argument(service),)
+
     def sql(self, style: str) -> str:
         """The statement with a placeholder in ``style``: 'pyformat', 'named' or 'dollar'."""
+        if self.select_one:
+            return "SELECT 1"
         ph = {"pyformat": "%s", "named": ":arg", "dollar": "$1"}[style]
         if not self.cpu_bound:
             return f"SELECT pg_sleep({ph})"
@@ -126,6 +147,12 @@ class RunContext:
         self.connects.append(self.now())
         if duration is not None:
             self.connect_durations.append(duration)
+            # Charge the connect to the request that waited for it, when it
+            # happened on that request's own thread or task (QueuePool, no
+            # pool, asyncpg); psycopg_pool connects on its worker threads.
+            rec = CURRENT_RECORD.get()
+            if rec is not None:
+                rec.connect_s += duration
 
 
 def _timeout_classes() -> tuple[type[BaseException], ...]:
@@ -219,6 +246,7 @@ class SyncDriver:
         """Carry one request through the pool; fills ``rec``; True if it succeeded."""
         ctx = self.ctx
         rec.started = ctx.now()
+        CURRENT_RECORD.set(rec)
         handle = None
         try:
             handle, rec.waited = self.checkout()

@@ -1,7 +1,21 @@
 """Postgres and Redis for live runs: found in the environment, started earlier with
 ``python -m labs services up``, or started for one run and removed afterwards.
 
-See :mod:`labs.services.discovery` for the order and :func:`services_for`.
+See :mod:`labs.services.discovery` for the order and :func:`services_for`;
+:mod:`labs.services.checks` for how connection strings from the environment
+are checked; :mod:`labs.services.common` for the life cycle both kinds of local
+server share.  The environment variables it reads:
+
+- ``LABS_PG_PRIMARY``, ``LABS_PG_REPLICAS`` (comma separated), ``LABS_REDIS``:
+  servers of your own, used instead of starting any;
+- ``LABS_STATE_DIR``: where ``services up`` records what it started
+  (default ``~/.cache/dbperf-labs``);
+- ``LABS_PG_BINDIR``: the directory with ``initdb``, ``pg_ctl``, ``postgres`` and
+  ``pg_basebackup`` (default: found on PATH, by ``pg_config``, or in
+  ``/usr/lib/postgresql/*/bin``); ``LABS_REDIS_SERVER``: the ``redis-server``
+  program (default: on PATH).  When set, they are the only place looked in;
+- ``LABS_PG_USER``: the unprivileged user Postgres runs as when labs runs as
+  root (default ``labs-postgres``, created when missing).
 """
 
 from labs.services.common import ServiceError, free_port, processes_in

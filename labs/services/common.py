@@ -6,6 +6,12 @@ current directory inside that directory.  That makes "what did we start?" easy t
 answer without bookkeeping that a crash could lose: a process is ours exactly
 when ``/proc/PID/cwd`` (or its command line) points into one of our directories.
 ``reap`` uses that as the last line of defence after the polite shutdown.
+
+``LocalServer`` is the life cycle both kinds of server follow: created in a
+fresh directory and registered for clean-up at exit, started (retrying on a
+fresh port when another process took the one we picked), and stopped by a
+polite shutdown, then ``reap``, then deleting the directory -- whatever state
+the start left it in.
 """
 
 from __future__ import annotations
@@ -24,9 +30,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
-INSTALL_HINT = "install them with: apt-get install postgresql redis-server"
+LOOPBACK = "127.0.0.1"
 
 
 class ServiceError(RuntimeError):
@@ -47,6 +53,26 @@ def one_line(text: object, limit: int = 400) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
+def install_hint(package: str) -> str:
+    """How to get a missing server program (the Debian/Ubuntu package's name)."""
+    return f"install it with: apt-get install {package}"
+
+
+def poll(ready: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Call ``ready()`` until it returns true (then True) or ``timeout`` s pass (False).
+
+    ``ready`` is always called at least once, and once more at the deadline, so
+    a condition that became true while we slept is not reported as a timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if ready():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
 # ---------------------------------------------------------------------------
 # Ports
 # ---------------------------------------------------------------------------
@@ -55,7 +81,7 @@ def one_line(text: object, limit: int = 400) -> str:
 def free_port() -> int:
     """A loopback port nobody listens on right now (the kernel picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((LOOPBACK, 0))
         return s.getsockname()[1]
 
 
@@ -68,23 +94,31 @@ def check_port_free(port: int, what: str) -> None:
         # (a restart) is free; one with a listener is not
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((LOOPBACK, port))
         except OSError as e:
             reason = "in use" if e.errno == errno.EADDRINUSE else e.strerror
             raise ServiceError(
-                f"{what}: port 127.0.0.1:{port} must be free, got {reason}; "
+                f"{what}: port {LOOPBACK}:{port} must be free, got {reason}; "
                 "stop what holds it or let labs pick a free port"
             ) from None
 
 
 def start_retrying_port(
-    make: Callable[[], Any], start: Callable[[Any], None], port: int | None, attempts: int = 3
+    make: Callable[[], Any],
+    start: Callable[[Any], None],
+    port: int | None,
+    what: str = "server",
+    attempts: int = 3,
 ) -> Any:
     """Make a server and start it; stop it again if starting fails.
 
-    When we chose the port ourselves (``port is None``), another process can
-    take it between choosing and binding: then try again with a fresh one.
+    A port asked for (``port`` given) is checked before anything is made, so
+    that fault costs no directory.  When we chose the port ourselves
+    (``port is None``), another process can take it between choosing and
+    binding: then try again with a fresh one.
     """
+    if port is not None:
+        check_port_free(port, what)
     for attempt in range(attempts):
         server = make()
         try:
@@ -101,7 +135,7 @@ def start_retrying_port(
     raise AssertionError("unreachable")
 
 
-def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
+def port_open(port: int, host: str = LOOPBACK, timeout: float = 0.2) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
@@ -129,6 +163,15 @@ def pid_alive(pid: int | None) -> bool:
             return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def read_pidfile(path: Path) -> int | None:
+    """The pid on the first line of a server's pidfile, if that process runs."""
+    try:
+        pid = int(path.read_text().split("\n", 1)[0].strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
 
 
 def processes_in(path: str | os.PathLike) -> list[int]:
@@ -163,24 +206,21 @@ def reap(path: str | os.PathLike, timeout: float = 5.0) -> list[int]:
 
     Returns the pids that were still running afterwards (normally none).
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        pids = processes_in(path)
-        if not pids or time.monotonic() > deadline:
-            return pids
-        for pid in pids:
+    left: list[int] = []
+
+    def all_gone() -> bool:
+        left[:] = processes_in(path)
+        for pid in left:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
+        return not left
+
+    poll(all_gone, timeout)
+    return left
 
 
 def wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    return poll(lambda: not pid_alive(pid), timeout)
 
 
 # ---------------------------------------------------------------------------
@@ -249,6 +289,74 @@ def stop_everything() -> None:
 
 
 # ---------------------------------------------------------------------------
+# One server's life cycle
+# ---------------------------------------------------------------------------
+
+
+class LocalServer:
+    """A server labs started in its own temp directory (see the module doc).
+
+    Subclasses are dataclasses with at least ``dir`` and ``port`` fields; they
+    say where their pidfile and log are and how to ask the server to stop.
+    """
+
+    PREFIX: ClassVar[str]  # of the temp directory: how state files are checked
+    STOP_GRACE: ClassVar[float] = 3.0  # seconds the polite shutdown may take
+    dir: Path
+    port: int
+
+    @property
+    def label(self) -> str:
+        """How messages name this server (``postgres replica1``, ``redis``)."""
+        raise NotImplementedError
+
+    @property
+    def logfile(self) -> Path:
+        raise NotImplementedError
+
+    def pid(self) -> int | None:
+        """The server's main process, if it is running."""
+        raise NotImplementedError
+
+    def shutdown(self, pid: int) -> None:
+        """Ask the running server (main process ``pid``) to stop."""
+        raise NotImplementedError
+
+    @classmethod
+    def create(cls, port: int | None = None, owner: str | None = None, **fields: Any) -> Self:
+        """A server (not started) in a fresh directory, stopped at exit if nobody does."""
+        server = cls(dir=make_dir(cls.PREFIX, owner), port=port or free_port(), **fields)
+        register(server, server.stop)
+        return server
+
+    def start_failed(self, fallback: str) -> ServiceError:
+        """The error for a start that failed, with the log's most telling line.
+
+        The log is not named: a failed start is followed by ``stop``, which
+        deletes the directory it is in.
+        """
+        detail = last_meaningful_line(tail(self.logfile)) or fallback
+        return ServiceError(
+            f"{self.label} on {LOOPBACK}:{self.port} did not start: {detail}"
+        )
+
+    def stop(self) -> None:
+        """Stop the server, kill whatever is left in its directory, delete the directory.
+
+        Safe in any state: not started, half started, running, already stopped.
+        """
+        unregister(self)
+        pid = self.pid()
+        if pid is not None:
+            # a shutdown that fails is no reason to stop: reap comes next
+            with contextlib.suppress(ServiceError, OSError):
+                self.shutdown(pid)
+            wait_gone(pid, self.STOP_GRACE)
+        reap(self.dir)
+        remove_dir(self.dir)
+
+
+# ---------------------------------------------------------------------------
 # Signals
 # ---------------------------------------------------------------------------
 
@@ -259,8 +367,22 @@ _SIGNALS = {
 }
 
 
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
+@contextlib.contextmanager
+def _handling(handler: Callable[[int, Any], None]) -> Iterator[dict | None]:
+    """Handle SIGINT/SIGTERM/SIGHUP with ``handler`` for the block; yield the old handlers.
+
+    Outside the main thread signal handlers cannot be set; there this does
+    nothing and yields None.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in _SIGNALS}
+    try:
+        yield previous
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @contextlib.contextmanager
@@ -269,22 +391,14 @@ def signals_raise() -> Iterator[None]:
 
     Python already raises KeyboardInterrupt on SIGINT, but SIGTERM (``kill``,
     a CI job being cancelled) and SIGHUP (a closed terminal) would otherwise end
-    the process on the spot and leave the servers running.  Outside the main
-    thread signal handlers cannot be set; there this does nothing.
+    the process on the spot and leave the servers running.
     """
-    if not _in_main_thread():
-        yield
-        return
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: Any) -> None:
         raise _SIGNALS[signum]()
 
-    previous = {sig: signal.signal(sig, handler) for sig in _SIGNALS}
-    try:
+    with _handling(handler):
         yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 @contextlib.contextmanager
@@ -293,21 +407,13 @@ def signals_deferred() -> Iterator[None]:
 
     A second Ctrl-C during teardown must not interrupt the teardown itself.
     """
-    if not _in_main_thread():
-        yield
-        return
     pending: list[int] = []
-
-    def handler(signum, frame):
-        pending.append(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in _SIGNALS}
+    previous: dict | None = None
     try:
-        yield
+        with _handling(lambda signum, frame: pending.append(signum)) as previous:
+            yield
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-        if pending:
+        if pending and previous is not None:  # deliver the first as its old handler would
             signum = pending[0]
             old = previous[signum]
             if callable(old):
@@ -322,9 +428,17 @@ def signals_deferred() -> Iterator[None]:
 
 
 def run(
-    cmd: list[str], *, user: str | None = None, timeout: float = 60.0, what: str
+    cmd: list[str],
+    *,
+    user: str | None = None,
+    timeout: float = 60.0,
+    what: str,
+    package: str = "postgresql",
 ) -> subprocess.CompletedProcess:
-    """Run a command (as ``user`` via runuser/setpriv), raising ServiceError on failure."""
+    """Run a command (as ``user`` via runuser/setpriv), raising ServiceError on failure.
+
+    ``package`` is what to install when the program is not there.
+    """
     argv = as_user(cmd, user)
     try:
         proc = subprocess.run(
@@ -340,8 +454,10 @@ def run(
         )
     except subprocess.TimeoutExpired:
         raise ServiceError(f"{what}: no result after {timeout:g} s ({' '.join(cmd)})") from None
-    except FileNotFoundError as e:
-        raise ServiceError(f"{what}: {e.filename} not found; {INSTALL_HINT}") from None
+    except OSError as e:
+        raise ServiceError(
+            f"{what}: cannot run {e.filename or cmd[0]}: {e.strerror}; {install_hint(package)}"
+        ) from None
     if proc.returncode != 0:
         detail = last_meaningful_line(proc.stderr or proc.stdout) or f"exit {proc.returncode}"
         raise ServiceError(f"{what} failed: {detail}")

@@ -20,13 +20,20 @@ import contextlib
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from labs.services.checks import (  # noqa: F401  (re-exported: tests and callers use them)
+    CHECK_TIMEOUT,
+    dsn_address,
+    env_problem,
+    postgres_problem,
+    redact,
+    redis_problem,
+    server_problem,
+)
 from labs.services.common import (
     ServiceError,
     one_line,
@@ -40,14 +47,14 @@ from labs.services.postgres import (
     check_delay,
     check_max_connections,
     connection_limit,
-    query_one,
+    find_bindir,
     replica_delay,
     server_max_connections,
     start_primary,
     start_replica,
     wait_streaming,
 )
-from labs.services.redis import RedisServer, start_redis
+from labs.services.redis import RedisServer, find_redis_server, start_redis
 from simlib.files import atomic_write_text
 
 log = logging.getLogger("labs.services")
@@ -56,7 +63,6 @@ ENV_PRIMARY = "LABS_PG_PRIMARY"
 ENV_REPLICAS = "LABS_PG_REPLICAS"
 ENV_REDIS = "LABS_REDIS"
 ENV_STATE_DIR = "LABS_STATE_DIR"
-CHECK_TIMEOUT = 3.0
 STATE_VERSION = 1
 
 
@@ -87,11 +93,14 @@ class LocalCluster:
             raise ServiceError(f"replicas.count: must be an integer >= 0, got {replicas!r}")
         check_max_connections(max_connections)
         check_delay(replica_delay)
+        # every program first: a missing one costs no start and no clean-up
+        bindir = find_bindir()
+        redis_server = find_redis_server() if redis else None
         cluster = cls()
         try:
-            if redis:  # quick, and fails early if redis-server is missing
-                cluster.redis = start_redis(detached=detached)
-            cluster.primary = start_primary(max_connections)
+            if redis_server:  # quick: a broken redis-server shows before initdb runs
+                cluster.redis = start_redis(detached=detached, binary=redis_server)
+            cluster.primary = start_primary(max_connections, bindir=bindir)
             for i in range(replicas):
                 cluster.replicas.append(
                     start_replica(cluster.primary, delay=replica_delay, index=i + 1)
@@ -156,6 +165,7 @@ class LocalCluster:
 
     @classmethod
     def from_state(cls, d: Mapping) -> LocalCluster:
+        """The cluster a state file describes; ServiceError/KeyError/... if it is damaged."""
         return cls(
             primary=PostgresServer.from_state(d["primary"]) if d.get("primary") else None,
             replicas=[PostgresServer.from_state(r) for r in d.get("replicas") or []],
@@ -231,63 +241,6 @@ def _from_cluster(cluster: LocalCluster, source: str, replicas: int, redis: bool
 
 
 # ---------------------------------------------------------------------------
-# Checking that a DSN answers
-# ---------------------------------------------------------------------------
-
-
-def redact(dsn: str) -> str:
-    """A DSN without its password, for printing."""
-    dsn = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", dsn)
-    return re.sub(r"(password\s*=\s*)\S+", r"\1***", dsn)
-
-
-def dsn_address(dsn: str) -> str:
-    """host:port of a Postgres DSN (URI or key=value) or a redis:// URL, for messages."""
-    if dsn.startswith(("redis://", "rediss://", "unix://")):
-        parts = urlsplit(dsn)
-        try:
-            return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
-        except ValueError:
-            return "?"
-    try:
-        from psycopg2.extensions import parse_dsn
-
-        params = parse_dsn(dsn)
-    except Exception:
-        return "?"
-    return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}"
-
-
-def postgres_problem(dsn: str, standby: bool | None = None) -> str | None:
-    """None if the DSN answers (and is/is not a standby as asked), else why not."""
-    try:
-        in_recovery = query_one(dsn, "SELECT pg_is_in_recovery()", timeout=CHECK_TIMEOUT)
-    except Exception as e:
-        return one_line(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
-    if standby is True and not in_recovery:
-        return "answers but is not a standby (pg_is_in_recovery() is false)"
-    if standby is False and in_recovery:
-        return "answers but is a standby, not a primary"
-    return None
-
-
-def redis_problem(url: str) -> str | None:
-    try:
-        import redis as redis_py
-
-        client = redis_py.Redis.from_url(
-            url, socket_connect_timeout=CHECK_TIMEOUT, socket_timeout=CHECK_TIMEOUT
-        )
-        try:
-            client.ping()
-        finally:
-            client.close()
-    except Exception as e:
-        return one_line(e) or type(e).__name__
-    return None
-
-
-# ---------------------------------------------------------------------------
 # 1. The environment
 # ---------------------------------------------------------------------------
 
@@ -309,8 +262,26 @@ def env_config(env: Mapping[str, str] | None = None) -> EnvConfig | None:
     return EnvConfig(primary, replicas, redis)
 
 
-def _fix(var: str) -> str:
-    return f"start that server, correct {var}, or unset the LABS_* variables to use throwaway ones"
+def _primary_missing(cfg: EnvConfig) -> str:
+    set_ = ENV_REPLICAS if cfg.replicas else ENV_REDIS
+    return (
+        f"{ENV_PRIMARY}: must be set when {set_} is, got nothing; export e.g. "
+        f"{ENV_PRIMARY}=postgresql://postgres@127.0.0.1:55432/postgres, or unset {set_}"
+    )
+
+
+def _env_servers(
+    cfg: EnvConfig, replicas: int | None = None, redis: bool = True
+) -> list[tuple[str, str, str]]:
+    """(role, variable, DSN) of the servers ``cfg`` names that a run would use.
+
+    ``replicas``: how many replica DSNs (None: all); ``redis``: the Redis URL too.
+    """
+    out = [("primary", ENV_PRIMARY, cfg.primary)] if cfg.primary else []
+    out += [("replica", ENV_REPLICAS, dsn) for dsn in cfg.replicas[:replicas]]
+    if redis and cfg.redis:
+        out.append(("redis", ENV_REDIS, cfg.redis))
+    return out
 
 
 def from_env(
@@ -320,11 +291,7 @@ def from_env(
     if cfg is None:
         return None
     if not cfg.primary:
-        set_ = ENV_REPLICAS if cfg.replicas else ENV_REDIS
-        raise ServiceError(
-            f"{ENV_PRIMARY}: must be set when {set_} is, got nothing; export e.g. "
-            f"{ENV_PRIMARY}=postgresql://postgres@127.0.0.1:55432/postgres"
-        )
+        raise ServiceError(_primary_missing(cfg))
     if len(cfg.replicas) < replicas:
         raise ServiceError(
             f"{ENV_REPLICAS}: the scenario needs {replicas} replica DSN(s) (comma separated), "
@@ -335,26 +302,10 @@ def from_env(
             f"{ENV_REDIS}: the scenario has a [cache] and needs a Redis URL, got nothing; "
             f"export e.g. {ENV_REDIS}=redis://127.0.0.1:56379/0"
         )
-    problem = postgres_problem(cfg.primary, standby=False)
-    if problem:
-        raise ServiceError(
-            f"{ENV_PRIMARY}: {dsn_address(cfg.primary)} must answer within "
-            f"{CHECK_TIMEOUT:g} s, got: {problem}; {_fix(ENV_PRIMARY)}"
-        )
-    for dsn in cfg.replicas[:replicas]:
-        problem = postgres_problem(dsn, standby=True)
-        if problem:
-            raise ServiceError(
-                f"{ENV_REPLICAS}: {dsn_address(dsn)} must answer as a standby within "
-                f"{CHECK_TIMEOUT:g} s, got: {problem}; {_fix(ENV_REPLICAS)}"
-            )
-    if redis:
-        problem = redis_problem(cfg.redis)
-        if problem:
-            raise ServiceError(
-                f"{ENV_REDIS}: {dsn_address(cfg.redis)} must answer PING within "
-                f"{CHECK_TIMEOUT:g} s, got: {problem}; {_fix(ENV_REDIS)}"
-            )
+    for role, var, dsn in _env_servers(cfg, replicas, redis):
+        _, line = env_problem(var, dsn, role)
+        if line:
+            raise ServiceError(line)
     return Services(
         primary=cfg.primary,
         replicas=cfg.replicas[:replicas],
@@ -380,19 +331,65 @@ def state_path() -> Path:
 
 
 def read_state() -> dict | None:
+    """The state file of ``services up``; None when there is none, or it is unusable.
+
+    A file that cannot be read, or whose entries do not describe labs' own
+    servers, is passed over with a warning: ``services down`` then deletes it
+    and ``services up`` writes a fresh one, instead of both failing on it.
+    """
     try:
         doc = json.loads(state_path().read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there, or nothing can be
         return None
     except (OSError, ValueError) as e:
         log.warning("labs: ignoring unreadable %s (%s)", state_path(), one_line(e, 120))
         return None
-    return doc if isinstance(doc, dict) and doc.get("version") == STATE_VERSION else None
+    if not (isinstance(doc, dict) and doc.get("version") == STATE_VERSION):
+        return None
+    try:
+        LocalCluster.from_state(doc)  # directories must be ours, ports numbers
+        for name, entry in _state_entries(doc):
+            key = "url" if name == "redis" else "dsn"
+            if entry and not isinstance(entry.get(key), str):
+                raise ValueError(f"{name}: {key} must be a string, got {entry.get(key)!r}")
+    except (ServiceError, LookupError, TypeError, ValueError, AttributeError) as e:
+        why = f"no {e.args[0]!r} entry" if isinstance(e, KeyError) else one_line(e, 120)
+        log.warning(
+            "labs: ignoring damaged %s (%s); `python -m labs services down` deletes it",
+            state_path(), why,
+        )
+        return None
+    return doc
+
+
+def _state_dir_error(e: OSError) -> ServiceError:
+    return ServiceError(
+        f"{ENV_STATE_DIR}: {state_dir()} must be a writable directory, got: "
+        f"{e.strerror or e}; set {ENV_STATE_DIR} to one"
+    )
+
+
+def check_state_dir() -> None:
+    """Raise ServiceError unless the state file can be written (creates the directory).
+
+    ``services up`` can ask this before starting anything, rather than start
+    servers it then cannot record.
+    """
+    path = state_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        raise _state_dir_error(e) from None
 
 
 def write_state(cluster: LocalCluster) -> Path:
     path = state_path()
-    atomic_write_text(path, json.dumps(cluster.to_state(), indent=2) + "\n")
+    try:
+        atomic_write_text(path, json.dumps(cluster.to_state(), indent=2) + "\n")
+    except OSError as e:
+        raise _state_dir_error(e) from None
     return path
 
 
@@ -400,29 +397,36 @@ def remove_state() -> None:
     state_path().unlink(missing_ok=True)
 
 
-def state_problems(doc: Mapping) -> list[str]:
-    """Why the servers in a state file are not usable (empty list: all fine)."""
-    problems = []
+def _state_entries(doc: Mapping) -> list[tuple[str, Mapping | None]]:
+    """(name, entry) of each server a state file names: primary, replica N, redis."""
     entries = [("primary", doc.get("primary"))]
     entries += [(f"replica {i + 1}", r) for i, r in enumerate(doc.get("replicas") or [])]
-    for name, entry in entries:
-        if not entry:
-            problems.append(f"{name}: missing")
-        elif not pid_alive(entry.get("pid")):
-            problems.append(f"{name}: process {entry.get('pid')} is not running")
-        else:
-            problem = postgres_problem(entry["dsn"], standby=name != "primary")
-            if problem:
-                problems.append(f"{name}: {problem}")
     if doc.get("redis"):
-        entry = doc["redis"]
-        if not pid_alive(entry.get("pid")):
-            problems.append(f"redis: process {entry.get('pid')} is not running")
+        entries.append(("redis", doc["redis"]))
+    return entries
+
+
+def _state_servers(doc: Mapping) -> list[dict[str, object]]:
+    """Each server of a state file, checked: name, role, dsn, pid, dir, problem."""
+    servers = []
+    for name, entry in _state_entries(doc):
+        role = name.split()[0]
+        if not entry:
+            servers.append({"name": name, "role": role, "problem": "missing"})
+            continue
+        dsn = entry.get("url" if role == "redis" else "dsn")
+        if pid_alive(entry.get("pid")):
+            problem = server_problem(role, dsn)
         else:
-            problem = redis_problem(entry["url"])
-            if problem:
-                problems.append(f"redis: {problem}")
-    return problems
+            problem = f"process {entry.get('pid')} is not running"
+        servers.append({"name": name, "role": role, "dsn": dsn, "pid": entry.get("pid"),
+                        "dir": entry.get("dir"), "problem": problem})
+    return servers
+
+
+def state_problems(doc: Mapping) -> list[str]:
+    """Why the servers in a state file are not usable (empty list: all fine)."""
+    return [f"{s['name']}: {s['problem']}" for s in _state_servers(doc) if s["problem"]]
 
 
 def from_state(replicas: int = 0, redis: bool = False) -> Services | None:
@@ -537,50 +541,32 @@ def describe(env: Mapping[str, str] | None = None) -> dict[str, object]:
     out: dict[str, object] = {"state_file": str(state_path())}
     cfg = env_config(env)
     if cfg is not None:
-        servers = []
-        if cfg.primary:
-            servers.append(("primary", ENV_PRIMARY, cfg.primary, postgres_problem(cfg.primary)))
-        for dsn in cfg.replicas:
-            servers.append(("replica", ENV_REPLICAS, dsn, postgres_problem(dsn, standby=True)))
-        if cfg.redis:
-            servers.append(("redis", ENV_REDIS, cfg.redis, redis_problem(cfg.redis)))
-        out["route"] = "env"
-        out["servers"] = [
-            {"role": role, "variable": var, "dsn": redact(dsn), "address": dsn_address(dsn),
-             "answers": problem is None, "problem": problem}
-            for role, var, dsn, problem in servers
-        ]
-        problems = [f"{s['variable']}: {s['address']}: {s['problem']}"
-                    for s in out["servers"] if s["problem"]]
+        servers, problems = [], []
         if not cfg.primary:
-            problems.insert(0, f"{ENV_PRIMARY}: not set")
-        out["ok"] = not problems
-        out["problems"] = problems
+            problems.append(_primary_missing(cfg))
+        for role, var, dsn in _env_servers(cfg):
+            problem, line = env_problem(var, dsn, role)
+            servers.append({"role": role, "variable": var, "dsn": redact(dsn),
+                            "address": dsn_address(dsn), "answers": problem is None,
+                            "problem": problem})
+            if line:
+                problems.append(line)
+        out.update(route="env", servers=servers, ok=not problems, problems=problems)
         return out
     doc = read_state()
     if doc is not None:
-        servers = []
-        entries = [("primary", doc.get("primary"))]
-        entries += [("replica", r) for r in doc.get("replicas") or []]
-        for role, entry in entries:
-            if entry:
-                alive = pid_alive(entry.get("pid"))
-                problem = (postgres_problem(entry["dsn"], standby=role == "replica")
-                           if alive else f"process {entry.get('pid')} is not running")
-                servers.append({"role": role, "dsn": entry["dsn"], "pid": entry.get("pid"),
-                                "dir": entry.get("dir"), "answers": problem is None,
-                                "problem": problem})
-        if doc.get("redis"):
-            entry = doc["redis"]
-            alive = pid_alive(entry.get("pid"))
-            problem = (redis_problem(entry["url"]) if alive
-                       else f"process {entry.get('pid')} is not running")
-            servers.append({"role": "redis", "dsn": entry["url"], "pid": entry.get("pid"),
-                            "dir": entry.get("dir"), "answers": problem is None,
-                            "problem": problem})
+        checked = _state_servers(doc)
         out["route"] = "services-up"
-        out["servers"] = servers
-        out["problems"] = [f"{s['role']}: {s['problem']}" for s in servers if s["problem"]]
+        out["servers"] = [
+            {key: s[key] for key in ("role", "dsn", "pid", "dir")} | {
+                "answers": s["problem"] is None, "problem": s["problem"]}
+            for s in checked if "dsn" in s
+        ]
+        out["problems"] = [
+            f"{s['name']}: {s['problem']}; restart them with `python -m labs services down` "
+            "then `python -m labs services up`"
+            for s in checked if s["problem"]
+        ]
         out["ok"] = not out["problems"]
         return out
     out["route"] = "throwaway"

@@ -6,16 +6,27 @@ port, with trust authentication for 127.0.0.1 and nothing else.  Durability is
 switched off (``fsync``, ``synchronous_commit``, ``full_page_writes``): these
 servers hold nothing worth keeping and start in about a second.
 
+The programs (``initdb``, ``pg_ctl``, ``postgres``, ``pg_basebackup``) are taken
+from ``$LABS_PG_BINDIR`` when it is set -- and then only from there, so a wrong
+value is reported rather than silently replaced -- else from the directory of
+``initdb`` on PATH, ``pg_config --bindir`` or the newest
+``/usr/lib/postgresql/*/bin``.
+
 Postgres refuses to run as root.  As root, the servers run as the unprivileged
 system user ``labs-postgres`` (created when missing), or ``postgres`` if that
-cannot be created.
+cannot be created; ``$LABS_PG_USER`` names another.
 
 Roles and connection slots: the run connects as ``labs`` (not a superuser; owns
 the database ``labs``) through ``dsn``; monitoring and set-up may use the
 superuser ``postgres`` through ``admin_dsn``.  The server runs with
-``max_connections = N + 3`` and ``superuser_reserved_connections = 3``, so the
-run's role gets exactly the scenario's N slots and an admin connection never
-takes one of them.  ``connection_limit(dsn)`` reports the slots a DSN's role has.
+``max_connections = N + 3 + 1`` and ``superuser_reserved_connections = 3``.
+Postgres does not set reserved slots aside: an ordinary role is refused when
+fewer than 3 slots would stay free, and superuser sessions take slots from the
+same list.  So every admin session open during a run costs the run's role a
+slot; labs holds exactly one (the pg_stat_activity monitor), hence the ``+ 1``,
+recorded as the custom setting ``labs.admin_slots`` so that
+``connection_limit(dsn)`` (the slots a DSN's role has during a run) can
+subtract it: the run's role gets exactly the scenario's N slots.
 
 Everything labs sets lives in ``labs.conf`` in the data directory, included at
 the end of ``postgresql.conf``; changing ``max_connections`` or the replica
@@ -30,36 +41,35 @@ import pwd
 import re
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from labs.services.common import (
-    INSTALL_HINT,
+    LOOPBACK,
+    LocalServer,
     ServiceError,
     check_port_free,
     checked_dir,
-    free_port,
-    last_meaningful_line,
-    make_dir,
+    install_hint,
     one_line,
-    pid_alive,
-    reap,
-    register,
-    remove_dir,
+    poll,
+    read_pidfile,
     run,
     start_retrying_port,
-    tail,
-    unregister,
-    wait_gone,
 )
 
 ROLE = "postgres"  # the superuser role initdb creates: admin_dsn
 APP_ROLE = "labs"  # an ordinary role that owns DATABASE: dsn (what a run uses)
 DATABASE = "labs"
 RESERVED = 3  # superuser_reserved_connections: admin slots on top of max_connections
+#: superuser sessions labs keeps open during a run (the monitor); they take
+#: slots an ordinary role could otherwise use, so max_connections gets them too
+ADMIN_SLOTS = 1
 OS_USER = "labs-postgres"  # who runs the servers when we are root
 TOOLS = ("initdb", "pg_ctl", "postgres", "pg_basebackup")
+PACKAGE = "postgresql"  # what to install when TOOLS are missing
+ENV_BINDIR = "LABS_PG_BINDIR"
 START_TIMEOUT = 30
 DEBIAN_ROOT = Path("/usr/lib/postgresql")  # Debian/Ubuntu: one <version>/bin per major
 
@@ -74,15 +84,27 @@ def _version_key(path: Path) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", path.parent.name)) or (0,)
 
 
+def _missing(bindir: Path) -> list[str]:
+    return [t for t in TOOLS if not os.access(bindir / t, os.X_OK)]
+
+
 def find_bindir() -> Path:
     """The directory with initdb, pg_ctl, postgres and pg_basebackup.
 
-    Looked for in ``$LABS_PG_BINDIR``, next to ``initdb`` on PATH, in
-    ``pg_config --bindir``, then the newest ``/usr/lib/postgresql/*/bin``.
+    ``$LABS_PG_BINDIR`` if set (and only that), else the directory of ``initdb``
+    on PATH, ``pg_config --bindir``, then the newest ``/usr/lib/postgresql/*/bin``.
     """
+    explicit = os.environ.get(ENV_BINDIR, "").strip()
+    if explicit:
+        missing = _missing(Path(explicit))
+        if missing:
+            raise ServiceError(
+                f"{ENV_BINDIR}: must be a directory with {', '.join(TOOLS)}, got {explicit} "
+                f"without {', '.join(missing)}; point it at the directory `pg_config --bindir` "
+                f"prints, or unset it to look in the usual places ({install_hint(PACKAGE)})"
+            )
+        return Path(explicit)
     candidates: list[Path] = []
-    if os.environ.get("LABS_PG_BINDIR"):
-        candidates.append(Path(os.environ["LABS_PG_BINDIR"]))
     on_path = shutil.which("initdb")
     if on_path:
         candidates.append(Path(on_path).resolve().parent)
@@ -97,7 +119,7 @@ def find_bindir() -> Path:
     candidates += sorted(DEBIAN_ROOT.glob("*/bin"), key=_version_key, reverse=True)
     best: tuple[Path, list[str]] | None = None
     for d in candidates:
-        missing = [t for t in TOOLS if not os.access(d / t, os.X_OK)]
+        missing = _missing(d)
         if not missing:
             return d
         if best is None or len(missing) < len(best[1]):
@@ -105,10 +127,10 @@ def find_bindir() -> Path:
     if best is None:
         raise ServiceError(
             "postgres: initdb not found (looked on PATH, in `pg_config --bindir` and "
-            f"{DEBIAN_ROOT}/*/bin); {INSTALL_HINT}"
+            f"{DEBIAN_ROOT}/*/bin); {install_hint(PACKAGE)}, or set {ENV_BINDIR}"
         )
     raise ServiceError(
-        f"postgres: {', '.join(best[1])} missing in {best[0]}; {INSTALL_HINT}"
+        f"postgres: {', '.join(best[1])} missing in {best[0]}; {install_hint(PACKAGE)}"
     )
 
 
@@ -155,8 +177,11 @@ def server_user() -> str | None:
 
 
 @dataclass
-class PostgresServer:
+class PostgresServer(LocalServer):
     """One local Postgres server (primary or standby) in its own temp directory."""
+
+    PREFIX: ClassVar[str] = "labs-pg-"
+    STOP_GRACE: ClassVar[float] = 2.0
 
     bindir: Path
     user: str | None
@@ -178,23 +203,22 @@ class PostgresServer:
         return self.dir / "postgres.log"
 
     @property
+    def label(self) -> str:
+        return f"postgres {self.name}"
+
+    @property
     def dsn(self) -> str:
         """For the run: role ``labs``, exactly ``max_connections`` slots."""
-        return f"postgresql://{APP_ROLE}@127.0.0.1:{self.port}/{DATABASE}"
+        return f"postgresql://{APP_ROLE}@{LOOPBACK}:{self.port}/{DATABASE}"
 
     @property
     def admin_dsn(self) -> str:
         """Superuser ``postgres``: monitoring and set-up, in the reserved slots."""
-        return f"postgresql://{ROLE}@127.0.0.1:{self.port}/{DATABASE}"
+        return f"postgresql://{ROLE}@{LOOPBACK}:{self.port}/{DATABASE}"
 
     def pid(self) -> int | None:
         """The postmaster's pid from postmaster.pid, if it is running."""
-        try:
-            first = (self.datadir / "postmaster.pid").read_text().split("\n", 1)[0]
-            pid = int(first)
-        except (OSError, ValueError):
-            return None
-        return pid if pid_alive(pid) else None
+        return read_pidfile(self.datadir / "postmaster.pid")
 
     # -- state ---------------------------------------------------------------
 
@@ -218,7 +242,7 @@ class PostgresServer:
         return cls(
             bindir=Path(d["bindir"]),
             user=d.get("user"),
-            dir=checked_dir(d["dir"], "labs-pg-"),
+            dir=checked_dir(d["dir"], cls.PREFIX),
             port=int(d["port"]),
             max_connections=int(d.get("max_connections", 100)),
             standby=bool(d.get("standby", False)),
@@ -232,12 +256,13 @@ class PostgresServer:
         lines = [
             "# written by labs (labs/services/postgres.py); rewritten on every change",
             f"port = {self.port}",
-            "listen_addresses = '127.0.0.1'",
+            f"listen_addresses = '{LOOPBACK}'",
             f"unix_socket_directories = '{self.dir}'",
-            # the run's role (not a superuser) gets exactly max_connections slots,
-            # admin connections (superuser) use the reserved ones
-            f"max_connections = {self.max_connections + RESERVED}",
+            # the run's role (not a superuser) gets exactly max_connections slots
+            # while labs' monitor (a superuser session) is connected
+            f"max_connections = {self.max_connections + RESERVED + ADMIN_SLOTS}",
             f"superuser_reserved_connections = {RESERVED}",
+            f"labs.admin_slots = {ADMIN_SLOTS}",
             "wal_level = replica",
             "max_wal_senders = 10",
             "max_replication_slots = 10",
@@ -263,35 +288,26 @@ class PostgresServer:
     def write_conf(self) -> None:
         self._write(self.datadir / "labs.conf", self._conf())
 
-    def _pg_ctl(self, *args: str, what: str, timeout: float = START_TIMEOUT + 10):
+    def _tool(self, tool: str, *args: str, what: str, timeout: float):
+        """Run one of TOOLS as the server's user; ``what`` says what for messages."""
         return run(
-            [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), *args],
+            [str(self.bindir / tool), *args],
             user=self.user,
             timeout=timeout,
-            what=what,
+            what=f"{self.label}: {what}",
+            package=PACKAGE,
         )
+
+    def _pg_ctl(self, *args: str, what: str, timeout: float = START_TIMEOUT + 10):
+        return self._tool("pg_ctl", "-D", str(self.datadir), *args, what=what, timeout=timeout)
 
     # -- life cycle ----------------------------------------------------------
 
     def initdb(self) -> None:
-        run(
-            [
-                str(self.bindir / "initdb"),
-                "-D",
-                str(self.datadir),
-                "-U",
-                ROLE,
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-                "--no-instructions",
-            ],
-            user=self.user,
-            timeout=120,
-            what=f"postgres {self.name}: initdb",
+        self._tool(
+            "initdb", "-D", str(self.datadir), "-U", ROLE, "-A", "trust", "-E", "UTF8",
+            "--locale=C", "--no-sync", "--no-instructions",
+            what="initdb", timeout=120,
         )
         conf = self.datadir / "postgresql.conf"
         with conf.open("a") as f:
@@ -307,43 +323,21 @@ class PostgresServer:
         self.write_conf()
 
     def basebackup(self, primary: PostgresServer) -> None:
-        run(
-            [
-                str(self.bindir / "pg_basebackup"),
-                "-D",
-                str(self.datadir),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(primary.port),
-                "-U",
-                ROLE,
-                "-R",
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-                "--no-sync",
-            ],
-            user=self.user,
-            timeout=120,
-            what=f"postgres {self.name}: pg_basebackup from 127.0.0.1:{primary.port}",
+        self._tool(
+            "pg_basebackup", "-D", str(self.datadir), "-h", LOOPBACK, "-p", str(primary.port),
+            "-U", ROLE, "-R", "-X", "stream", "-c", "fast", "--no-sync",
+            what=f"pg_basebackup from {LOOPBACK}:{primary.port}", timeout=120,
         )
         self.write_conf()  # own port, socket, cluster_name and delay
 
     def start(self) -> None:
-        check_port_free(self.port, f"postgres {self.name}")
+        check_port_free(self.port, self.label)
         try:
             self._pg_ctl(
-                "-w", "-t", str(START_TIMEOUT), "-l", str(self.logfile), "start",
-                what=f"postgres {self.name}: start",
+                "-w", "-t", str(START_TIMEOUT), "-l", str(self.logfile), "start", what="start"
             )
         except ServiceError as e:
-            detail = last_meaningful_line(tail(self.logfile)) or str(e)
-            raise ServiceError(
-                f"postgres {self.name} on 127.0.0.1:{self.port} did not start: {detail} "
-                f"(log: {self.logfile})"
-            ) from None
+            raise self.start_failed(str(e)) from None
 
     def create_app_role(self) -> None:
         conn = connect(self.admin_dsn.rsplit("/", 1)[0] + "/postgres")
@@ -357,34 +351,16 @@ class PostgresServer:
 
     def restart(self) -> None:
         self.write_conf()
-        self._pg_ctl("-m", "fast", "-w", "-t", str(START_TIMEOUT), "stop",
-                     what=f"postgres {self.name}: stop")
+        self._pg_ctl("-m", "fast", "-w", "-t", str(START_TIMEOUT), "stop", what="stop")
         self.start()
 
     def reload(self) -> None:
         self.write_conf()
-        self._pg_ctl("reload", what=f"postgres {self.name}: reload", timeout=20)
+        self._pg_ctl("reload", what="reload", timeout=20)
 
-    def stop(self) -> None:
-        """Stop the server at once (immediate mode), kill leftovers, delete the directory."""
-        unregister(self)
-        pid = self.pid()
-        if pid is not None:
-            with contextlib.suppress(ServiceError):
-                self._pg_ctl("-m", "immediate", "-w", "-t", "10", "stop",
-                             what=f"postgres {self.name}: stop", timeout=15)
-            wait_gone(pid, 2)
-        reap(self.dir)
-        remove_dir(self.dir)
-
-
-def _new_server(bindir: Path, user: str | None, name: str, port: int | None, **kw):
-    d = make_dir("labs-pg-", owner=user)
-    server = PostgresServer(
-        bindir=bindir, user=user, dir=d, port=port or free_port(), name=name, **kw
-    )
-    register(server, server.stop)
-    return server
+    def shutdown(self, pid: int) -> None:
+        # immediate mode: nothing here is worth a checkpoint
+        self._pg_ctl("-m", "immediate", "-w", "-t", "10", "stop", what="stop", timeout=15)
 
 
 def start_primary(
@@ -392,8 +368,6 @@ def start_primary(
 ) -> PostgresServer:
     """initdb + start a primary on ``port`` (default: a free one). Stop it with ``.stop()``."""
     check_max_connections(max_connections)
-    if port is not None:
-        check_port_free(port, "postgres primary")
     bindir = bindir or find_bindir()
     user = server_user()
 
@@ -403,9 +377,12 @@ def start_primary(
         server.create_app_role()
 
     return start_retrying_port(
-        lambda: _new_server(bindir, user, "primary", port, max_connections=max_connections),
+        lambda: PostgresServer.create(
+            port, owner=user, bindir=bindir, user=user, max_connections=max_connections
+        ),
         start,
         port,
+        "postgres primary",
     )
 
 
@@ -419,23 +396,28 @@ def start_replica(
 ) -> PostgresServer:
     """pg_basebackup -R from ``primary``, start it, wait until it streams."""
     check_delay(delay)
-    server = _new_server(
-        primary.bindir,
-        primary.user,
-        f"replica{index}",
-        port,
-        max_connections=primary.max_connections,  # a standby needs >= the primary's
-        standby=True,
-        delay=delay,
-    )
-    try:
+    name = f"replica{index}"
+
+    def start(server: PostgresServer) -> None:
         server.basebackup(primary)
         server.start()
         wait_streaming(primary, server, wait)
-        return server
-    except BaseException:
-        server.stop()
-        raise
+
+    return start_retrying_port(
+        lambda: PostgresServer.create(
+            port,
+            owner=primary.user,
+            bindir=primary.bindir,
+            user=primary.user,
+            name=name,
+            max_connections=primary.max_connections,  # a standby needs >= the primary's
+            standby=True,
+            delay=delay,
+        ),
+        start,
+        port,
+        f"postgres {name}",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -477,7 +459,8 @@ def connection_limit(dsn: str) -> int:
             dsn,
             "SELECT current_setting('max_connections')::int - CASE WHEN "
             "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN 0 "
-            "ELSE current_setting('superuser_reserved_connections')::int END",
+            "ELSE current_setting('superuser_reserved_connections')::int END "
+            "- coalesce(current_setting('labs.admin_slots', true)::int, 0)",
         )
     )
 
@@ -492,32 +475,32 @@ def replica_delay(dsn: str) -> float:
 
 def wait_streaming(primary: PostgresServer, replica: PostgresServer, timeout: float) -> None:
     """Until the replica is in recovery and the primary shows it streaming."""
-    deadline = time.monotonic() + timeout
     app = f"labs-{replica.name}"
     last = "not answering"
-    while time.monotonic() < deadline:
+
+    def streaming() -> bool:
+        nonlocal last
         try:
-            if not query_one(replica.admin_dsn, "SELECT pg_is_in_recovery()"):
-                raise ServiceError(
-                    f"postgres {replica.name}: must be a standby, got pg_is_in_recovery() = false"
-                )
+            in_recovery = query_one(replica.admin_dsn, "SELECT pg_is_in_recovery()")
             state = query_one(
                 primary.admin_dsn,
                 "SELECT state FROM pg_stat_replication WHERE application_name = %s",
                 (app,),
             )
-            if state == "streaming":
-                return
-            last = f"pg_stat_replication state {state or 'absent'}"
-        except ServiceError:
-            raise
         except Exception as e:  # server still coming up
             last = one_line(e, 200)
-        time.sleep(0.05)
-    raise ServiceError(
-        f"postgres {replica.name}: not streaming from the primary after {timeout:g} s "
-        f"({last}; log: {replica.logfile})"
-    )
+            return False
+        if not in_recovery:
+            raise ServiceError(
+                f"{replica.label}: must be a standby, got pg_is_in_recovery() = false"
+            )
+        last = f"pg_stat_replication state {state or 'absent'}"
+        return state == "streaming"
+
+    if not poll(streaming, timeout):
+        raise ServiceError(
+            f"{replica.label}: not streaming from the primary after {timeout:g} s ({last})"
+        )
 
 
 def check_max_connections(n: object) -> None:

@@ -66,20 +66,20 @@ class AsyncpgPoolModel(PoolModel):
             if holder is None:
                 raise PoolTimeout("asyncio.TimeoutError: pool acquire timed out")
         if holder.conn is None:
-            delay, accepted = self.server.open()
+            delay = self.server.begin_connect()
             if env.now + delay > deadline:
                 # wait_for cancels the connect at the deadline.
                 yield env.timeout(deadline - env.now)
-                if accepted:
-                    self.server.close(Connection(env.now))
+                self.server.abandon_connect()
                 self._push(holder)
                 raise PoolTimeout("asyncio.TimeoutError: pool acquire timed out")
             if delay > 0:
                 yield env.timeout(delay)
-            if not accepted:
+            try:
+                holder.conn = self.server.finish_connect()
+            except ConnectionRefused:
                 self._push(holder)
-                raise ConnectionRefused()
-            holder.conn = Connection(env.now)
+                raise
         conn = holder.conn
         conn.queries += 1
         self.in_use[id(conn)] = holder

@@ -1,0 +1,105 @@
+"""The client's own costs (scenario ``[client]``) and single-run prediction ranges.
+
+``client.dispatch`` delays a request before it asks the pool; ``client.hold``
+keeps its connection busy after the query.  Checked against the
+Pollaczek–Khinchine formula: with one connection, exponential service ``S``
+and a constant hold ``h``, the connection is an M/G/1 server with service
+``S + h`` (mean ``E[S] + h``, standard deviation ``E[S]``), and a constant
+dispatch ``d`` in front of it shifts every arrival by the same ``d``, so the
+pool still sees a Poisson stream.  Hence
+
+* ``p_wait = rho = lambda (E[S] + h)`` (M/G/1: an arrival waits iff busy);
+* ``latency_mean = d + Wq(P-K) + E[S] + h``;
+* ``checkout_mean = d + Wq``.
+
+Tolerances as in test_model_vs_theory.py: 5% for means, 0.01 for
+probabilities, and the 95% half-width must be under half the tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from simlib import theory
+from simlib.metrics import prediction_interval
+from simlib.scenario import Client, ScenarioError, parse_scenario
+from simlib.simulation import simulate
+
+LAM, S, H, D = 100.0, 0.004, 0.001, 0.0015
+
+
+def _mg1_scenario(dispatch: float, hold: float) -> dict:
+    return {
+        "name": "client-costs",
+        "seed": 5,
+        "replications": 10,
+        "workload": {"kind": "open", "rate": LAM, "duration": 400.0, "warmup": 5.0},
+        "query": {"service_time": {"dist": "exponential", "mean": S}},
+        "pool": {"kind": "sqlalchemy", "pool_size": 1, "max_overflow": 0,
+                 "reset_on_return": False},
+        "database": {"connect_time": {"dist": "constant", "value": 0.0}, "network_rtt": 0.0},
+        "client": {"dispatch": {"dist": "constant", "value": dispatch},
+                   "hold": {"dist": "constant", "value": hold}},
+    }
+
+
+def _close(est, exact: float, rel: float = 0.05) -> None:
+    lo, hi = est.ci95
+    assert abs(est.value - exact) <= rel * exact, (est.value, exact)
+    assert (hi - lo) / 2 <= rel / 2 * exact, (est.ci95, exact)
+
+
+@pytest.mark.slow
+def test_dispatch_and_hold_against_pollaczek_khinchine():
+    result = simulate(parse_scenario(_mg1_scenario(D, H)))
+    m = result.metrics
+    mean_hold = S + H
+    cv = S / mean_hold  # sd of S + h is sd of S
+    wq = theory.pk_mean_wait(LAM, mean_hold, cv)
+    rho = LAM * mean_hold
+    assert abs(m["p_wait"].value - rho) <= 0.01
+    _close(m["latency_mean_ms"], (D + wq + mean_hold) * 1e3)
+    _close(m["checkout_mean_ms"], (D + wq) * 1e3)
+    # Little's law on the connection: busy = lambda x hold time.
+    _close(m["connections_busy_mean"], LAM * mean_hold)
+
+
+def test_free_client_is_the_default_and_changes_nothing():
+    base = _mg1_scenario(0.0, 0.0)
+    del base["client"]
+    free = parse_scenario(base)
+    assert free.client == Client()
+    assert "client" not in free.to_dict()  # files without [client] stay as written
+    explicit = parse_scenario(_mg1_scenario(0.0, 0.0))
+    short = {"workload.duration": 5.0, "replications": 2}
+    a = simulate(free.with_values(short)).replications
+    b = simulate(explicit.with_values(short)).replications
+    assert a == b  # a zero cost schedules nothing and draws nothing
+
+
+def test_client_costs_are_validated_and_round_trip():
+    s = parse_scenario(_mg1_scenario(D, H))
+    assert parse_scenario(s.to_dict()) == s
+    with pytest.raises(ScenarioError, match=r"client\.dispatch"):
+        parse_scenario({"client": {"dispatch": -1}})
+    with pytest.raises(ScenarioError, match=r"client\.speed.*allowed: dispatch, hold"):
+        parse_scenario({"client": {"speed": 2}})
+
+
+def test_prediction_interval_covers_one_more_run():
+    """Over many trials, a fresh draw falls in the 95% single-run range ~95% of the time."""
+    rng = np.random.default_rng(1)
+    trials, hits = 4000, 0
+    for _ in range(trials):
+        x = rng.normal(10.0, 2.0, size=20)
+        lo, hi = prediction_interval(x)
+        hits += lo <= rng.normal(10.0, 2.0) <= hi
+    share = hits / trials
+    # binomial sd at 0.95 with 4000 trials is 0.0034: allow 3 sd
+    assert abs(share - 0.95) <= 0.011, share
+    assert prediction_interval([1.0]) is None
+    lo, hi = prediction_interval([1.0, 1.0, math.nan, 1.0])
+    assert lo == hi == 1.0

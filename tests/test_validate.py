@@ -1,0 +1,175 @@
+"""``labs validate`` (labs/validate.py) and the client calibration behind it.
+
+The unit tests need no server.  The live test runs ``python -m labs validate
+--quick`` on one suite scenario through throwaway servers: it checks the
+machinery (a document with every goal scored, the same document in the
+``--out`` file and on stdout), not the fidelity, which needs full-length runs
+(`python -m labs validate`, table in the README).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from labs.calibrate import charged_round_trips, client_samples, client_rate
+from labs.drivers.common import Record
+from labs.validate import (
+    CONNECTS_FLOOR,
+    GOALS,
+    explain,
+    load_suite,
+    render,
+    score,
+    suite_files,
+)
+from simlib.metrics import OK, TIMEOUT
+from simlib.scenario import ScenarioError
+
+ROOT = Path(__file__).resolve().parents[1]
+GOAL = {g.metric: g for g in GOALS}
+
+
+def test_suite_covers_the_required_regimes():
+    suite = load_suite()
+    names = {s.name for s in suite}
+    assert len(suite) >= 8
+    assert {"light-load", "near-saturation", "overload-timeouts", "overflow-churn", "no-pool",
+            "psycopg2-exhaustion", "cpu-too-many-connections", "asyncpg"} <= names
+    kinds = {s.pool.kind for s in suite}
+    assert kinds == {"sqlalchemy", "psycopg2", "psycopg_pool", "asyncpg", "none"}
+    assert any(s.query.cpu_bound for s in suite)
+    assert any(s.workload.kind == "closed" for s in suite)
+    assert len(suite_files()) == len(suite)
+
+
+def test_only_and_quick_and_bad_names():
+    (one,) = load_suite(["asyncpg"], quick=True)
+    assert one.name == "asyncpg" and one.workload.duration == 2.0
+    two = load_suite(["light-load,no-pool"], ["workload.rate=50"])
+    assert [s.name for s in two] == ["light-load", "no-pool"]
+    assert all(s.workload.rate == 50 for s in two)
+    with pytest.raises(ScenarioError, match="no suite scenario named 'nope'; the suite has: "):
+        load_suite(["nope"])
+
+
+def test_scores():
+    rel = score(GOAL["throughput_rps"], 104.0, 100.0, 10.0)
+    assert rel["passed"] and rel["error"] == pytest.approx(0.04)
+    assert not score(GOAL["throughput_rps"], 106.0, 100.0, 10.0)["passed"]
+    ab = score(GOAL["timeout_rate"], 0.25, 0.22, 10.0)
+    assert ab["passed"] and ab["error"] == pytest.approx(0.03)
+    assert not score(GOAL["timeout_rate"], 0.25, 0.20, 10.0)["passed"]
+    # a handful of connects: within CONNECTS_FLOOR connections over the window passes
+    few = score(GOAL["connections_opened_per_s"], 0.0, CONNECTS_FLOOR / 10.0, 10.0)
+    assert few["passed"] and few["error"] == pytest.approx(-1.0)
+    many = score(GOAL["connections_opened_per_s"], 0.0, 1.0, 10.0)
+    assert not many["passed"]
+    zero = score(GOAL["latency_mean_ms"], 1.0, 0.0, 10.0)
+    assert zero["error"] is None and zero["passed"] is False
+    assert score(GOAL["latency_mean_ms"], None, 1.0, 10.0)["passed"] is None
+
+
+def test_render_and_explain():
+    checks = [score(g, 1.0, 1.0, 10.0) for g in GOALS]
+    missed = dict(score(GOAL["latency_p95_ms"], 52.0, 41.0, 20.0),
+                  single_run_range=[35.0, 69.0], in_single_run_range=True)
+    checks[2] = missed
+    what_if = [score(g, 1.0, 1.0, 10.0) for g in GOALS]
+    what_if[2] = score(GOAL["latency_p95_ms"], 43.0, 41.0, 20.0)
+    row = {
+        "scenario": "near", "pool_kind": "sqlalchemy", "checks": checks,
+        "passed": 4, "goals": 5, "note": None,
+        "inputs": {"calibrated": {"connect_ms": 1.8, "dispatch_ms": 0.2, "hold_ms": 0.8},
+                   "during_run": {"connect_ms": 4.9, "dispatch_ms": 0.3, "hold_ms": 1.2}},
+        "what_if_measured_inputs": {"checks": what_if},
+        "evidence": {"client_cores": 0.2, "scheduler_lag_p99_ms": 1.0},
+    }
+    lines = explain(row)
+    assert "p95 ms missed" in lines[0] and "inside one run's 95% range [35.0, 69.0]" in lines[0]
+    assert "with inputs measured in the run: 43.0 / 41.0 (+5%) ok" in lines[0]
+    assert "hold 0.800 -> 1.20 ms" in lines[1]
+    doc = {"goals": [{"metric": g.metric} for g in GOALS], "rows": [row],
+           "summary": {"goals_met": 4, "goals": 5, "scenarios": 1},
+           "calibration": {"connect_time_median": 0.0018, "rtt": 1e-5, "query_overhead": 1.5e-4}}
+    text = render(doc)
+    assert "52.0 / 41.0 (+27%) MISS" in text and "4 of 5 goals met" in text
+    md = render(doc, markdown=True)
+    assert md.startswith("| scenario | pool |") and "| near | sqlalchemy |" in md
+
+
+def _rec(i, scheduled, got, released, service, waited=False, connect=0.0, outcome=OK):
+    r = Record(i, scheduled, service)
+    r.started, r.got, r.query_done, r.released = scheduled, got, released, released
+    r.finished, r.outcome, r.waited, r.connect_s = released, outcome, waited, connect
+    return r
+
+
+def test_client_samples_subtract_what_simlib_charges():
+    recs = [
+        _rec(0, 1.0, 1.0003, 1.0063, 0.005),  # dispatch 0.3 ms, hold 6.0 - 5 ms
+        _rec(1, 2.0, 2.0043, 2.0103, 0.005, connect=0.004),  # its own connect: not dispatch
+        _rec(2, 3.0, 3.0100, 3.0160, 0.005, waited=True),  # waited: no dispatch sample
+        _rec(3, 4.0, 4.0002, 4.0002, 0.005, outcome=TIMEOUT),  # failed: ignored
+        _rec(4, 9.0, 9.0003, 9.0063, 0.005),  # outside the window
+    ]
+    charged = 0.0002
+    dispatch, hold = client_samples(recs, 0.5, 8.0, charged)
+    assert dispatch == pytest.approx([0.0003, 0.0003])
+    assert hold == pytest.approx([0.0008, 0.0008, 0.0008])
+
+
+def test_charged_round_trips_and_calibration_rate():
+    s = load_suite(["light-load"])[0]
+    assert charged_round_trips(s.pool, 0.001) == pytest.approx(0.002)  # query + reset
+    p2 = load_suite(["psycopg2-exhaustion"])[0]
+    # psycopg2's putconn rolls back a connection it keeps (simlib: under the pool lock)
+    assert charged_round_trips(p2.pool, 0.001) == pytest.approx(0.002)
+    none = load_suite(["no-pool"])[0]
+    assert charged_round_trips(none.pool, 0.001) == pytest.approx(0.001)  # closed, no reset
+    assert client_rate(s) == 100.0  # light-load's own rate is lighter than the cap
+    assert client_rate(load_suite(["near-saturation"])[0]) == 200.0  # capped
+    assert client_rate(p2) == 150.0  # 30% of 5 connections / 10 ms
+
+
+def _server_binaries() -> str | None:
+    from labs.services import ServiceError, find_bindir, find_redis_server
+
+    try:
+        find_bindir()
+        find_redis_server()
+    except ServiceError as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.live
+@pytest.mark.skipif(_server_binaries() is not None, reason=_server_binaries() or "")
+def test_cli_validate_quick(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABS_")}
+    env["LABS_STATE_DIR"] = str(tmp_path / "state")
+    out = tmp_path / "v" / "validate.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "labs", "validate", "--only", "light-load", "--quick",
+         "--json", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == doc
+    assert [r["scenario"] for r in doc["rows"]] == ["light-load"]
+    row = doc["rows"][0]
+    assert [c["metric"] for c in row["checks"]] == [g.metric for g in GOALS]
+    assert all(c["passed"] in (True, False) for c in row["checks"])
+    cal = row["compare"]["calibration"]
+    assert cal["client"]["pool_kind"] == "sqlalchemy" and cal["client"]["dispatch"]["samples"] > 10
+    assert cal["first_query_extra"] >= 0
+    assert row["evidence"]["client_cores"] > 0
+    assert doc["summary"]["goals"] == 5
+    # throughput is pinned by the shared arrival schedule even in a 2 s run
+    assert row["checks"][0]["passed"], row["checks"][0]

@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv services-deps demo test lint bench lock clean distclean
+.PHONY: venv services-deps demo test lint bench bench-harness validate lock clean distclean
 
 # .venv with the project (editable) and its dev tools, at the versions pinned in
 # constraints.txt.  Re-done only when pyproject.toml or constraints.txt change.
@@ -33,6 +33,16 @@ lint: venv
 
 bench: venv
 	$(PY) bench/bench_speed.py
+
+# Harness capacity (live): the open-loop rate the labs harness sustains for SELECT 1
+# with asyncpg, against pgbench on the same throwaway Postgres; about 2.5 minutes.
+bench-harness: venv services-deps
+	$(PY) bench/bench_harness.py
+
+# Fidelity (live): the labs/suite scenarios predicted by simlib and measured on
+# throwaway servers, scored against the goals; about 3.5 minutes on a quiet machine.
+validate: venv services-deps
+	$(PY) -m labs validate --out bench/results/validate.json
 
 # Re-resolve every dependency (direct and transitive) in a scratch venv and pin
 # the result in constraints.txt.  Run it with the Python the course targets (3.11).

@@ -9,8 +9,9 @@
    request (``dispatch`` before a connection is in hand, ``hold`` while it is);
 3. the *predicted* scenario: ``database.connect_time`` becomes
    ``empirical(calibrated connect samples)``, ``database.network_rtt``
-   becomes ``rtt + query_overhead``, and ``[client]`` gets the dispatch and
-   hold samples;
+   becomes ``rtt + query_overhead``, ``[client]`` gets the dispatch and
+   hold samples, and for CPU-bound queries ``database.cores`` becomes this
+   machine's core count (the live server runs here);
 4. ``simulate`` the predicted scenario and ``run_live`` the original one;
 5. returns the contract document ``{"simulated", "measured", "calibration"}``
    plus ``"errors": {metric: {predicted, measured, abs_error, rel_error}}``
@@ -38,6 +39,7 @@ simlib charges, so the total per request stays right.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 from labs.calibrate import Calibration, ClientCalibration, calibrate, calibrate_client
@@ -93,7 +95,19 @@ def predicted_scenario(
     if client is not None:
         values["client.dispatch"] = {"dist": "empirical", "samples": list(client.dispatch)}
         values["client.hold"] = {"dist": "empirical", "samples": list(client.hold)}
+    if scenario.query.cpu_bound:
+        # The live server burns its CPU-bound queries on this machine's cores
+        # (calibration is loopback only), whatever the scenario says.
+        values["database.cores"] = machine_cores()
     return scenario.with_values(values)
+
+
+def machine_cores() -> int:
+    """Cores a local server can use (the process's CPU affinity, else the count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 @dataclass
@@ -137,6 +151,8 @@ def run_comparison(
     live = run_live(scenario, dsn, progress=progress, admin_dsn=admin_dsn)
     measured = live.to_json()
     applied = calibration_applied(cal)
+    if scenario.query.cpu_bound:
+        applied["database.cores"] = predicted.database.cores
     doc_cal = cal.to_dict()
     if client is not None:
         doc_cal["client"] = client.to_dict()

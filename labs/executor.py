@@ -259,11 +259,11 @@ class CpuMeter:
     def __init__(self) -> None:
         self.wall = time.perf_counter()
         self.process = time.process_time()
-        self.host = _host_busy_seconds()
+        self.host = host_busy_seconds()
 
     def read(self) -> dict[str, float | int | None]:
         wall = max(1e-9, time.perf_counter() - self.wall)
-        host = _host_busy_seconds()
+        host = host_busy_seconds()
         client = time.process_time() - self.process
         return {
             "wall_s": wall,
@@ -276,7 +276,7 @@ class CpuMeter:
         }
 
 
-def _host_busy_seconds() -> float | None:
+def host_busy_seconds() -> float | None:
     """Seconds of non-idle CPU time summed over all cores since boot (Linux)."""
     try:
         with open("/proc/stat") as f:
@@ -351,6 +351,34 @@ def _metrics(
     return values
 
 
+#: Two times closer than this are "the same moment" when judging overtaking.
+OVERTAKE_EPS = 0.0002
+
+
+def overtaken(records: list[Record], start: float, end: float) -> dict[str, float | int]:
+    """How FIFO the pool's waiting really was: waiting requests overtaken by later ones.
+
+    A window request that waited is *overtaken* when some request that
+    started later got a connection more than ``OVERTAKE_EPS`` earlier.  In a
+    FIFO pool (simlib's model, psycopg_pool, asyncpg) that cannot happen.
+    SQLAlchemy's QueuePool hands a returned connection to its queue and
+    notifies one waiter, but a thread that calls ``get()`` before the woken
+    waiter has re-taken the lock (and the GIL) takes it first: the waiter
+    goes back to waiting.
+    """
+    rs = sorted((r for r in records if start <= r.scheduled < end and r.got is not None),
+                key=lambda r: r.started)
+    waited = count = 0
+    earliest_later = math.inf  # earliest connection time among later-started requests
+    for r in reversed(rs):
+        if r.waited:
+            waited += 1
+            count += earliest_later < r.got - OVERTAKE_EPS
+        earliest_later = min(earliest_later, r.got)
+    return {"waited": waited, "overtaken": count,
+            "share": count / waited if waited else 0.0}
+
+
 def _extra_details(records: list[Record], ctx: RunContext, start: float, end: float) -> dict:
     window = [r for r in records if start <= r.scheduled < end]
     errors = collections.Counter(r.error for r in window if r.error)
@@ -366,6 +394,7 @@ def _extra_details(records: list[Record], ctx: RunContext, start: float, end: fl
             "p95": float(np.percentile(connect, 95)) if connect.size else None,
         },
         "errors_top": [{"error": e, "count": c} for e, c in errors.most_common(5)],
+        "overtaken": overtaken(records, start, end),
     }
 
 

@@ -23,11 +23,31 @@ have passed since the window's end.  Then the run stops: queued requests skip
 their query, and the executor cancels what still runs on the server.
 
 Service times come from simlib's "service" stream in arrival order.
+
+**Event loop.**  :func:`run_async` (the asyncpg scenarios) runs on uvloop, a
+libuv-based drop-in replacement for asyncio's loop, when it is installed (it
+is a project dependency), and on asyncio's standard loop otherwise or when
+``LABS_EVENT_LOOP=asyncio`` is set.  uvloop does the loop's own work (timers,
+sockets, callbacks) in C: asyncpg's acquire / query / release costs about a
+fifth less client CPU on it (bench/bench_harness.py), so one Python process
+keeps a higher open-loop rate on schedule.  Timing and what is recorded are
+the same on either loop.
+
+**Garbage collector.**  A run keeps one :class:`Record` per request alive,
+tens of thousands of them at high rates, and the collector's full passes
+walk every live object: left alone, one full collection stops the process
+for 40-50 ms, which shows up as scheduler lag.  So during a run the objects
+alive at its start (modules, the pool and its connections) and then, once a
+second, everything that has survived so far are moved out of the
+collector's view (``gc.freeze``), and young collections run less often; the
+settings and the frozen objects are given back when the run ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import sys
 import threading
 import time
@@ -42,6 +62,8 @@ from simlib.workload import FAILED_REQUEST_PAUSE
 
 __all__ = [
     "arrival_times",
+    "event_loop_factory",
+    "event_loop_name",
     "run_async",
     "run_threaded",
     "thread_count",
@@ -70,6 +92,83 @@ def thread_count(limit: int | None, kind: str, clients: int) -> int:
     if kind == "closed":
         return clients
     return min(256, max(32, 4 * (limit or 64)))
+
+
+def event_loop_name() -> str:
+    """The event loop :func:`run_async` uses: ``"uvloop"`` or ``"asyncio"``.
+
+    uvloop when it can be imported, unless ``LABS_EVENT_LOOP=asyncio``.
+    """
+    if os.environ.get("LABS_EVENT_LOOP", "").strip().lower() == "asyncio":
+        return "asyncio"
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """What makes the loop :func:`run_async` runs on (for ``asyncio.Runner(loop_factory=)``)."""
+    if event_loop_name() == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+class _Collector:
+    """The garbage collector's settings for the length of a run (a context manager).
+
+    Every request leaves a :class:`Record` (a GC-tracked object) alive until
+    the run ends, and a full collection walks all of them: at 10,000
+    requests/s it stops the process for 40-50 ms after a few seconds, and
+    longer as the run goes on.  That pause lands on the scheduler (its lag
+    p99) and on the latency of every request in flight, the client's doing,
+    not the database's.  So:
+
+    * on entry, ``gc.freeze()`` moves everything alive (modules, the pool,
+      its connections) to the permanent generation, out of every collection;
+    * every ``period`` seconds (:meth:`tick`, from the dispatcher) the
+      objects that have survived so far, mostly finished records, are
+      frozen too, so a full collection only ever walks about a second's worth;
+    * young collections run every ``threshold0`` net allocations rather than
+      700: a request allocates dozens of short-lived objects (task,
+      coroutines, futures, handles), most freed by reference counting.
+
+    Cyclic garbage made during the run (an exception's traceback, say) is
+    still collected while young; what got frozen before it became garbage
+    waits for the end of the run.  On exit the thresholds are restored and
+    ``gc.unfreeze()`` hands everything back to the collector.  Left alone
+    when the collector is disabled or something else has frozen objects.
+    """
+
+    def __init__(self, period: float = 1.0, threshold0: int = 10_000) -> None:
+        self.period = period
+        self.threshold0 = threshold0
+        self.active = False
+        self.next = 0.0
+        self.saved = gc.get_threshold()
+
+    def __enter__(self) -> _Collector:
+        self.active = gc.isenabled() and gc.get_freeze_count() == 0
+        if self.active:
+            self.saved = gc.get_threshold()
+            gc.freeze()
+            gc.set_threshold(max(self.saved[0], self.threshold0), *self.saved[1:])
+        return self
+
+    def tick(self, now: float) -> None:
+        """Freeze the survivors if ``period`` seconds have passed since the last time."""
+        if self.active and now >= self.next:
+            self.next = now + self.period
+            gc.freeze()
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            self.active = False
+            gc.set_threshold(*self.saved)
+            gc.unfreeze()
 
 
 class _Progress:
@@ -137,6 +236,22 @@ def run_threaded(
     ``on_stop`` is called when the drain limit is reached with requests still
     running (the executor cancels our server queries there).
     """
+    with _Collector() as collector:
+        return _run_threaded(
+            driver,
+            ctx,
+            scenario,
+            threads=threads,
+            drain_limit=drain_limit,
+            progress=progress,
+            on_stop=on_stop,
+            collector=collector,
+        )
+
+
+def _run_threaded(
+    driver, ctx, scenario, *, threads, drain_limit, progress, on_stop, collector
+) -> tuple[list[Record], dict]:
     w = scenario.workload
     start, end = w.warmup, w.warmup + w.duration
     shared = _Shared(start, end)
@@ -161,6 +276,7 @@ def run_threaded(
                     if ctx.now() >= end + drain_limit:
                         limit_hit = True
                         break
+                collector.tick(t)
                 _sleep_until(ctx, t)
                 rec = Record(i, t, service())
                 shared.add(rec)
@@ -215,6 +331,7 @@ def run_threaded(
                     on_stop()
                 break
             time.sleep(0.05)
+            collector.tick(ctx.now())
             bar.tick(shared.records)
         for th in workers:
             th.join(timeout=10.0)
@@ -231,24 +348,30 @@ def run_async(
     on_stop: Callable[[], None] | None = None,
     on_start: Callable[[], None] | None = None,
 ) -> tuple[list[Record], dict]:
-    """Drive the asyncpg driver on a fresh asyncio loop (opens and closes it too).
+    """Drive the asyncpg driver on a fresh event loop (opens and closes it too).
 
-    ``on_start`` is called once the pool is open and the clock restarted.
+    The loop is uvloop's when available (see the module docstring,
+    :func:`event_loop_name`).  ``on_start`` is called once the pool is open
+    and the clock restarted.
     """
-    return asyncio.run(
-        _run_async(
-            driver,
-            ctx,
-            scenario,
-            drain_limit=drain_limit,
-            progress=progress,
-            on_stop=on_stop,
-            on_start=on_start,
+    with _Collector() as collector, asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(
+            _run_async(
+                driver,
+                ctx,
+                scenario,
+                drain_limit=drain_limit,
+                progress=progress,
+                on_stop=on_stop,
+                on_start=on_start,
+                collector=collector,
+            )
         )
-    )
 
 
-async def _run_async(driver, ctx, scenario, *, drain_limit, progress, on_stop, on_start):
+async def _run_async(
+    driver, ctx, scenario, *, drain_limit, progress, on_stop, on_start, collector
+):
     w = scenario.workload
     start, end = w.warmup, w.warmup + w.duration
     shared = _Shared(start, end)
@@ -260,31 +383,53 @@ async def _run_async(driver, ctx, scenario, *, drain_limit, progress, on_stop, o
     if on_start is not None:
         on_start()
     tasks: set[asyncio.Task] = set()
+    loop = asyncio.get_running_loop()
 
+    # Everything below runs on the loop's one thread: ``shared`` needs no lock.
     async def work(rec: Record) -> bool:
         try:
             return await driver.serve(rec)
         finally:
-            shared.done(rec)
+            if start <= rec.scheduled < end:
+                shared.pending -= 1
+
+    async def request(rec: Record) -> None:
+        """One open-loop request, as its own task."""
+        try:
+            await driver.serve(rec)
+        finally:
+            if start <= rec.scheduled < end:
+                shared.pending -= 1
+            # Here rather than in a done callback: one loop callback less per request.
+            tasks.discard(asyncio.current_task(loop))
 
     try:
         if w.kind == "open":
+            create_task = loop.create_task
+            records = shared.records
+            now = ctx.now
             for i, t in enumerate(arrival_times(scenario.seed, w.rate)):
                 if t >= end:
                     if shared.pending == 0:
                         break
-                    if ctx.now() >= end + drain_limit:
+                    if now() >= end + drain_limit:
                         limit_hit = True
                         break
-                delay = t - ctx.now()
+                if t >= collector.next:  # also when late and not sleeping
+                    collector.tick(t)
+                delay = t - now()
                 if delay > 0:
+                    # Early: wait for the schedule.  Late (the loop was busy): start
+                    # this and every other request that is due without yielding, so
+                    # a backlog is cleared in one pass.
+                    if progress:
+                        bar.tick(records)
                     await asyncio.sleep(delay)
                 rec = Record(i, t, service())
-                shared.add(rec)
-                task = asyncio.create_task(work(rec))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                bar.tick(shared.records)
+                records.append(rec)
+                if start <= t < end:
+                    shared.pending += 1
+                tasks.add(create_task(request(rec)))
         else:
             counter = iter(range(10**12))
 
@@ -319,6 +464,7 @@ async def _run_async(driver, ctx, scenario, *, drain_limit, progress, on_stop, o
                 limit_hit = True
                 break
             await asyncio.sleep(0.02)
+            collector.tick(ctx.now())
             bar.tick(shared.records)
     finally:
         if tasks:

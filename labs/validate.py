@@ -3,9 +3,11 @@
 The built-in suite (``labs/suite/*.toml``, one regime per file: light load,
 near saturation, overload with timeouts, overflow churn, no pool, psycopg2
 exhaustion, CPU-bound queries with too many connections, asyncpg, ...) is run
-through :func:`labs.compare.compare` on one set of services: the server is
-calibrated once, then every scenario is simulated with that calibration and
-run live.  Each comparison is scored against the fidelity goals below.
+through :func:`labs.compare.run_comparison` on one set of services: the
+server is calibrated once, the client's costs once per scenario (they depend
+on the library), then every scenario is simulated (:data:`REPLICATIONS`
+replications) and run live.  Each comparison is scored against the fidelity
+goals below.
 
 A goal on a rate or a time is relative (``|predicted - measured| <= tol x
 measured``); ``timeout_rate`` is a share, so its goal is absolute.  A relative
@@ -23,7 +25,13 @@ bursts, so a single run's count is the noisiest of the five.
 Every row also carries the evidence needed to explain a miss: the client's
 CPU use and the host's (the load generator and a local server share the
 machine's cores), the scheduler lag (requests the client started late), the
-achieved arrival rate, and the server's view of the connections.
+achieved arrival rate, the server's view of the connections, and how often a
+waiting request was overtaken (the real pool was not FIFO).  For a missed
+goal there are two more tests: is the measurement inside the range where one
+run falls with 95% probability (then the miss is a single run's noise), and
+does a simulation with the inputs *measured during the live run* meet the
+goal (then the model is right, and an input -- connect time, the client's
+costs -- changed under load from what the calibration saw).
 """
 
 from __future__ import annotations
@@ -145,6 +153,7 @@ def evidence(measured: dict) -> dict[str, object]:
         "server_active_mean": server.get("active_mean_window"),
         "refusals": server.get("refusals"),
         "threads": details.get("threads"),
+        "overtaken_share": (details.get("overtaken") or {}).get("share"),
     }
 
 
@@ -252,6 +261,22 @@ def validate_one(scenario: Scenario, svc, cal, replications: int = REPLICATIONS)
     }
 
 
+#: Warn when more than this many cores are busy before the suite starts: the
+#: load generator and a local server share the machine, so other work on it
+#: slows both and shows up as prediction error.
+BUSY_WARNING = 0.3
+
+
+def busy_cores(seconds: float = 1.0) -> float | None:
+    """Cores busy on the host over ``seconds`` (None where /proc/stat is missing)."""
+    from labs.executor import host_busy_seconds
+
+    a = host_busy_seconds()
+    time.sleep(seconds)
+    b = host_busy_seconds()
+    return None if a is None or b is None else (b - a) / seconds
+
+
 def validate(
     scenarios: Sequence[Scenario],
     *,
@@ -264,6 +289,11 @@ def validate(
 
     limits = [s.database.max_connections for s in scenarios]
     rows: list[dict] = []
+    before = busy_cores()
+    if before is not None and before > BUSY_WARNING:
+        print(f"labs validate: warning: the machine is already busy ({before:.2f} cores in "
+              "use before the suite); live figures will include that contention",
+              file=sys.stderr, flush=True)
     with services_for(max_connections=max(limits) if limits else 100) as svc:
         if svc.can_configure:
             # calibrate at the first scenario's limit: connect time does not
@@ -285,6 +315,7 @@ def validate(
         "goals": [{"metric": g.metric, "kind": g.kind, "tolerance": g.tolerance} for g in GOALS],
         "connects_floor": CONNECTS_FLOOR,
         "services": source,
+        "host_busy_cores_before": before,
         "calibration": cal_doc,
         "rows": rows,
         "summary": {"scenarios": len(rows), "goals_met": met, "goals": total},
@@ -337,18 +368,21 @@ def _cell(check: dict) -> str:
 def render(doc: dict, markdown: bool = False) -> str:
     """The validation table: one row per scenario, one column per goal."""
     heads = ["scenario", "pool"] + [_SHORT[g["metric"]] for g in doc["goals"]]
-    heads += ["client cores", "lag p99 ms"]
+    heads += ["client cores", "lag p99 ms", "overtaken"]
     rows = []
     for r in doc["rows"]:
         ev = r["evidence"]
         rows.append([r["scenario"], r["pool_kind"]] + [_cell(c) for c in r["checks"]] + [
-            _num(ev.get("client_cores")), _num(ev.get("scheduler_lag_p99_ms"))])
+            _num(ev.get("client_cores")), _num(ev.get("scheduler_lag_p99_ms")),
+            "-" if ev.get("overtaken_share") is None else f"{ev['overtaken_share']:.0%}"])
     s = doc["summary"]
     cal = doc["calibration"]
+    busy = doc.get("host_busy_cores_before")
     foot = (f"{s['goals_met']} of {s['goals']} goals met over {s['scenarios']} scenarios "
             f"(cells: predicted / measured (error)); calibration: connect "
             f"{cal['connect_time_median'] * 1e3:.2f} ms, rtt {cal['rtt'] * 1e3:.3f} ms, "
-            f"query overhead {cal['query_overhead'] * 1e3:.3f} ms")
+            f"query overhead {cal['query_overhead'] * 1e3:.3f} ms"
+            + (f"; host busy before: {busy:.2f} cores" if busy is not None else ""))
     if markdown:
         out = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
         out += ["| " + " | ".join(r) + " |" for r in rows]

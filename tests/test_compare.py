@@ -66,6 +66,21 @@ def test_predicted_scenario_uses_the_calibration():
     assert sorted(p.database.connect_time.samples) == [0.003, 0.004, 0.005]
     assert p.database.network_rtt == pytest.approx(0.0003)
     assert p.pool == scenario.pool
+    assert p.client == scenario.client  # no client calibration: a free client
+
+
+def test_predicted_scenario_with_client_costs():
+    from labs.calibrate import ClientCalibration
+
+    scenario = load_scenario(ROOT / "scenarios" / "demo.toml", [])
+    cal = Calibration(connect_times=[0.003], rtt=0.0001, query_overhead=0.0002)
+    client = ClientCalibration("sqlalchemy", 100.0, dispatch=[0.0002, 0.0004],
+                               hold=[0.0008, 0.001])
+    p = predicted_scenario(scenario, cal, client)
+    assert sorted(p.client.dispatch.samples) == [0.0002, 0.0004]
+    assert p.client.hold.mean == pytest.approx(0.0009)
+    d = client.to_dict()
+    assert d["dispatch"]["mean"] == pytest.approx(0.0003) and d["hold"]["samples"] == 2
 
 
 def test_calibrate_refuses_remote_servers():
@@ -81,6 +96,8 @@ def test_calibrate_on_machine_postgres():
     assert all(0 < t < 3 for t in cal.connect_times)
     assert 0 < cal.rtt < 0.05
     assert 0 <= cal.query_overhead < 0.05
+    # a new backend's first query loads catalog caches: it costs more than a second one
+    assert 0 < cal.first_query_extra < 0.05
     d = cal.to_dict()
     assert json.loads(json.dumps(d))["rtt"] == cal.rtt
     assert d["samples"] == len(cal.connect_times)
@@ -106,3 +123,9 @@ def test_cli_compare_demo_through_throwaway_services(tmp_path):
     live = doc["measured"]["metrics"]["throughput_rps"]["value"]
     assert live == pytest.approx(sim, rel=0.10)
     assert doc["errors"]["throughput_rps"]["measured"] == live
+    # the client's costs were calibrated with the scenario's library and used
+    client = doc["calibration"]["client"]
+    assert client["pool_kind"] == "sqlalchemy" and client["dispatch"]["samples"] > 10
+    assert 0 < client["hold"]["mean"] < 0.05
+    lo, hi = doc["single_run_range"]["throughput_rps"]
+    assert lo <= sim <= hi

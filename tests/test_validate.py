@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from labs.calibrate import charged_round_trips, client_samples, client_rate
+from labs.calibrate import charged_round_trips, client_rate, client_samples
 from labs.drivers.common import Record
 from labs.validate import (
     CONNECTS_FLOOR,
@@ -173,3 +173,16 @@ def test_cli_validate_quick(tmp_path):
     assert doc["summary"]["goals"] == 5
     # throughput is pinned by the shared arrival schedule even in a 2 s run
     assert row["checks"][0]["passed"], row["checks"][0]
+
+
+def test_overtaken_counts_non_fifo_hand_offs():
+    from labs.executor import overtaken
+
+    # a (started 1.0) waits until 1.010; b started later but got it at 1.005: a overtaken
+    a = _rec(0, 1.0, 1.010, 1.020, 0.005, waited=True)
+    b = _rec(1, 1.001, 1.005, 1.015, 0.005)
+    c = _rec(2, 1.002, 1.012, 1.022, 0.005, waited=True)  # served after a: FIFO for c
+    out = overtaken([a, b, c], 0.0, 10.0)
+    assert out == {"waited": 2, "overtaken": 1, "share": 0.5}
+    fifo = overtaken([a, c], 0.0, 10.0)
+    assert fifo["overtaken"] == 0

@@ -5,6 +5,13 @@ request is ``conn = await pool.acquire(timeout=T)``, ``await conn.fetch(query)``
 ``await pool.release(conn)`` (release runs asyncpg's reset, one round trip;
 with ``reset_on_return = false`` a no-op reset callback replaces it).
 
+The harness benchmark's plain ``SELECT 1`` (``QuerySpec(select_one=True)``,
+no parameter) is sent with ``conn.execute`` instead: one simple-protocol
+Query message and its answer, the same round trip as ``pgbench``'s default
+(simple) query mode, and about 8 us less client CPU per request than
+``fetch``'s Bind/Execute/Sync and result decoding.  Set
+``simple_select_one = False`` on the driver to send it with ``fetch`` too.
+
 Measured:
 
 * connects: a ``connect=`` callback that wraps ``asyncpg.connect`` logs and
@@ -18,15 +25,21 @@ Measured:
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import asyncpg
 
-from labs.drivers.common import OK, Record, RunContext, classify
+from labs.drivers.common import CURRENT_RECORD, OK, Record, RunContext, classify
+
+#: Seconds ``close()`` waits for the pool to close gracefully before terminating it.
+CLOSE_TIMEOUT = 10.0
 
 
 class AsyncpgDriver:
     kind = "asyncpg"
+    #: send ``select_one``'s SELECT 1 with ``execute`` (simple protocol) rather than ``fetch``
+    simple_select_one = True
 
     def __init__(self, scenario, ctx: RunContext) -> None:
         self.scenario = scenario
@@ -64,15 +77,19 @@ class AsyncpgDriver:
 
     async def close(self) -> None:
         if self.pool is not None:
+            # close() waits for every connection to come back; bounded, so a
+            # connection lost by a cancelled request cannot hang the run.
             try:
-                await self.pool.close()
-            except Exception:  # noqa: BLE001
+                await asyncio.wait_for(self.pool.close(), CLOSE_TIMEOUT)
+            except (TimeoutError, Exception):  # noqa: BLE001
                 self.pool.terminate()
 
     async def serve(self, rec: Record) -> bool:
         ctx = self.ctx
         pool = self.pool
+        simple = self.simple_select_one and ctx.query.select_one
         rec.started = ctx.now()
+        CURRENT_RECORD.set(rec)
         conn = None
         try:
             rec.waited = pool._queue.empty()  # every holder is taken: acquire will wait
@@ -80,7 +97,10 @@ class AsyncpgDriver:
             rec.got = ctx.now()
             if ctx.stopping.is_set():
                 raise RuntimeError("run stopped before the query was sent")
-            await conn.fetch(self._sql, ctx.query.argument(rec.service))
+            if simple:
+                await conn.execute(self._sql)  # simple protocol, no parameter
+            else:
+                await conn.fetch(self._sql, *ctx.query.params(rec.service))
             rec.query_done = ctx.now()
             c, conn = conn, None
             await pool.release(c)
@@ -89,10 +109,13 @@ class AsyncpgDriver:
         except Exception as exc:  # noqa: BLE001 - every failure is a measured outcome
             rec.outcome, rec.sqlstate = classify(exc)
             rec.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        finally:
+            # Also on cancellation (the run being wound down): a connection
+            # that is never released makes ``pool.close()`` wait forever.
             if conn is not None:
                 try:
-                    await pool.release(conn)
-                except Exception:  # noqa: BLE001
+                    await asyncio.shield(pool.release(conn))
+                except BaseException:  # noqa: BLE001
                     pass
                 rec.released = ctx.now()
         rec.finished = ctx.now()

@@ -201,7 +201,9 @@ def test_open_loop_latency_is_measured_from_the_schedule(pool):
     the backlog grows linearly, and so do latencies measured from the scheduled
     arrivals -- the load generator does not slow down to the system's pace."""
     s = scenario(pool, rate=90.0, service=0.02, duration=2.0)
-    result = run(s, drain_limit=3.0)
+    # The backlog at the window's end is ~110 requests x 21+ ms: ~2.5 s to drain,
+    # more on a slow or busy machine, so allow twice that.
+    result = run(s, drain_limit=6.0)
     m = result.metrics
     assert m["latency_p99_ms"] > 10 * 20  # far beyond the service time
     assert m["checkout_p95_ms"] > 5 * 20
@@ -218,7 +220,7 @@ def test_open_loop_latency_is_measured_from_the_schedule(pool):
     ok = [
         r
         for r in result.records
-        if 0.5 <= r.scheduled < 2.5 and r.outcome == 0 and r.finished <= 5.5
+        if 0.5 <= r.scheduled < 2.5 and r.outcome == 0 and r.finished <= 8.5
     ]
     t = np.array([r.scheduled for r in ok])
     latency = np.array([r.finished - r.scheduled for r in ok])

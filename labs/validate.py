@@ -289,12 +289,13 @@ def validate(
 
     limits = [s.database.max_connections for s in scenarios]
     rows: list[dict] = []
-    before = busy_cores()
-    if before is not None and before > BUSY_WARNING:
-        print(f"labs validate: warning: the machine is already busy ({before:.2f} cores in "
-              "use before the suite); live figures will include that contention",
-              file=sys.stderr, flush=True)
     with services_for(max_connections=max(limits) if limits else 100) as svc:
+        # measured once the services answer, so a fault is still the only line
+        before = busy_cores()
+        if before is not None and before > BUSY_WARNING:
+            print(f"labs validate: warning: the machine is already busy ({before:.2f} cores "
+                  "in use before the suite); live figures will include that contention",
+                  file=sys.stderr, flush=True)
         if svc.can_configure:
             # calibrate at the first scenario's limit: connect time does not
             # depend on it, and the first scenario then needs no restart

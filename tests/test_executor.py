@@ -201,9 +201,11 @@ def test_open_loop_latency_is_measured_from_the_schedule(pool):
     the backlog grows linearly, and so do latencies measured from the scheduled
     arrivals -- the load generator does not slow down to the system's pace."""
     s = scenario(pool, rate=90.0, service=0.02, duration=2.0)
-    # The backlog at the window's end is ~110 requests x 21+ ms: ~2.5 s to drain,
-    # more on a slow or busy machine, so allow twice that.
-    result = run(s, drain_limit=6.0)
+    # The backlog at the window's end is ~110 requests x 21+ ms: ~2.5 s to drain on
+    # a quiet machine, several times that when the two cores are busy with other
+    # work.  The drain ends as soon as the window's requests are done, so a
+    # generous limit costs nothing when the machine is quiet.
+    result = run(s, drain_limit=20.0)
     m = result.metrics
     assert m["latency_p99_ms"] > 10 * 20  # far beyond the service time
     assert m["checkout_p95_ms"] > 5 * 20
@@ -220,7 +222,7 @@ def test_open_loop_latency_is_measured_from_the_schedule(pool):
     ok = [
         r
         for r in result.records
-        if 0.5 <= r.scheduled < 2.5 and r.outcome == 0 and r.finished <= 8.5
+        if 0.5 <= r.scheduled < 2.5 and r.outcome == 0 and r.finished <= 22.5
     ]
     t = np.array([r.scheduled for r in ok])
     latency = np.array([r.finished - r.scheduled for r in ok])
@@ -238,7 +240,11 @@ def test_open_loop_latency_is_measured_from_the_schedule(pool):
 def test_scheduler_lag_is_small_at_low_rate():
     s = scenario(POOLS["sqlalchemy"], rate=50.0, service=0.005)
     m = run(s).metrics
-    assert m["scheduler_lag_p99_ms"] < 15
+    # On a quiet machine the p99 is 1-4 ms.  When other work keeps both cores
+    # busy, a woken thread can wait a few scheduler time slices (CFS: up to
+    # ~10 ms each) before it runs; 50 ms still tells a client that keeps up
+    # from one that is saturated (lags of seconds).
+    assert m["scheduler_lag_p99_ms"] < 50
     assert m["achieved_rate_rps"] == pytest.approx(m["offered_rps"], rel=0.05)
 
 

@@ -129,6 +129,8 @@ def _sweep(args: argparse.Namespace) -> int:
             "timeout_rate",
             "connections_mean",
         ]
+        # With a cache or writes, their contract metrics too.
+        cols += [c for c in ("cache_hit_ratio", "stale_read_ratio") if frame[c].notna().any()]
         print(frame[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
         print(f"csv: {out}\nplot: {plot}")
     return 0

@@ -160,7 +160,7 @@ class DatabaseServer:
             self.recorder.refused()
             raise ConnectionRefused()
         self.connections += 1
-        self.recorder.connection_opened(self.connections)
+        self.recorder.connection_opened()
         return Connection(self.env.now)
 
     def abandon_connect(self) -> None:
@@ -188,7 +188,7 @@ class DatabaseServer:
         if self.connections + self.starting >= self.max_connections:
             raise ConnectionRefused()
         self.connections += 1
-        self.recorder.connection_opened(self.connections, counted=False)
+        self.recorder.connection_opened(counted=False)
         conn = Connection(self.env.now)
         return conn
 
@@ -198,4 +198,4 @@ class DatabaseServer:
             return
         conn.closed = True
         self.connections -= 1
-        self.recorder.connection_closed(self.connections)
+        self.recorder.connection_closed()

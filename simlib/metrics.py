@@ -41,6 +41,8 @@ CONTRACT_METRICS: tuple[str, ...] = (
     "error_rate",
     "connections_opened_per_s",
     "connections_mean",
+    "cache_hit_ratio",  # only with [cache]
+    "stale_read_ratio",  # only when the workload writes
 )
 EXTRA_METRICS: tuple[str, ...] = (
     "offered_rps",  # requests arriving per second in the window
@@ -48,8 +50,25 @@ EXTRA_METRICS: tuple[str, ...] = (
     "connections_busy_mean",  # time-average connections checked out
     "in_flight_mean",  # time-average requests in the system (Little's L)
     "incomplete_rate",  # share still unfinished when the drain limit was reached
+    "db_queries_per_s",  # queries sent to any database server (primary or replica)
+    "cache_coalesced_ratio",  # [cache] single_flight: reads served by another's fill
+    "replica_read_share",  # [replicas]: share of database reads sent to a replica
+    "replica_reads_max_share",  # [replicas]: the busiest replica's share of replica reads
 )
 METRICS: tuple[str, ...] = CONTRACT_METRICS + EXTRA_METRICS
+
+#: Metrics that only mean something when the scenario has a [cache], [replicas]
+#: or writes.  Without them they are NaN, and a simulation's summary leaves
+#: them out (the contract: "cache_hit_ratio ... when [cache] is present").
+CONDITIONAL_METRICS: frozenset[str] = frozenset(
+    {
+        "cache_hit_ratio",
+        "stale_read_ratio",
+        "cache_coalesced_ratio",
+        "replica_read_share",
+        "replica_reads_max_share",
+    }
+)
 
 # Outcomes of a request.
 OK, TIMEOUT, ERROR = 0, 1, 2
@@ -99,6 +118,16 @@ class Recorder:
         self.connections = Level()
         self.busy = Level()
         self.in_flight = Level()
+        # Reads and writes by key (simlib/access.py); None = not applicable,
+        # so the metric is NaN.  Counted for requests arriving in the window.
+        self.db_queries: int | None = None  # None: one per completed request
+        self.cache_lookups: int | None = None  # set to 0 when there is a cache
+        self.cache_hits = 0
+        self.cache_coalesced: int | None = None  # set to 0 with single_flight
+        self.reads_returned: int | None = None  # set to 0 when the workload writes
+        self.stale_reads = 0
+        self.primary_reads = 0
+        self.replica_reads: list[int] | None = None  # one count per replica
         self._areas_at_start: tuple[float, float, float] | None = None
         self._areas_at_end: tuple[float, float, float] | None = None
         # Snapshot the step curves at both ends of the window.
@@ -117,14 +146,16 @@ class Recorder:
         return self.start <= arrival < self.end
 
     # -- connection events ------------------------------------------------
-    def connection_opened(self, count: int, counted: bool = True) -> None:
+    # Counted across every database server (a primary and its replicas each
+    # hold some of the application's connections), hence +1 / -1.
+    def connection_opened(self, counted: bool = True) -> None:
         now = self.env.now
-        self.connections.set(now, count)
+        self.connections.set(now, self.connections.value + 1)
         if counted and self.start <= now < self.end:
             self.opened += 1
 
-    def connection_closed(self, count: int) -> None:
-        self.connections.set(self.env.now, count)
+    def connection_closed(self) -> None:
+        self.connections.set(self.env.now, self.connections.value - 1)
 
     def refused(self) -> None:
         if self.start <= self.env.now < self.end:
@@ -169,7 +200,7 @@ class Recorder:
 
     # -- results ----------------------------------------------------------
     def results(self) -> dict[str, float]:
-        """This replication's value of every metric (NaN where undefined)."""
+        """This replication's value of every metric that applies (NaN where undefined)."""
         duration = self.end - self.start
         start_areas = self._areas_at_start or (0.0, 0.0, 0.0)
         end_areas = self._areas_at_end or (
@@ -180,7 +211,7 @@ class Recorder:
         conn_mean, busy_mean, in_flight_mean = (
             (e - s) / duration for s, e in zip(start_areas, end_areas, strict=True)
         )
-        return metric_values(
+        values = metric_values(
             duration=duration,
             arrivals=self.arrivals,
             completed=self.completed,
@@ -194,7 +225,22 @@ class Recorder:
             connections_mean=conn_mean,
             busy_mean=busy_mean,
             in_flight_mean=in_flight_mean,
+            db_queries=self.db_queries,
+            cache_lookups=self.cache_lookups,
+            cache_hits=self.cache_hits,
+            cache_coalesced=self.cache_coalesced,
+            reads_returned=self.reads_returned,
+            stale_reads=self.stale_reads,
+            primary_reads=self.primary_reads,
+            replica_reads=self.replica_reads,
         )
+        # Metrics that do not apply (no cache, no writes...) are left out rather
+        # than NaN: NaN != NaN, so two identical runs would compare unequal.
+        return {
+            name: value
+            for name, value in values.items()
+            if not (name in CONDITIONAL_METRICS and math.isnan(value))
+        }
 
 
 def metric_values(
@@ -212,12 +258,34 @@ def metric_values(
     connections_mean: float,
     busy_mean: float,
     in_flight_mean: float,
+    db_queries: int | None = None,
+    cache_lookups: int | None = None,
+    cache_hits: int = 0,
+    cache_coalesced: int | None = None,
+    reads_returned: int | None = None,
+    stale_reads: int = 0,
+    primary_reads: int = 0,
+    replica_reads: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """Every metric from the window's counts and per-request times (in seconds).
 
     The one definition of the metrics, shared by the simulator and the live labs,
     so a prediction and a measurement always mean the same thing.  Shares are over
     the requests that arrived in the window; latencies over those that completed.
+
+    Cache and replica counts are optional; left out, their metrics are NaN:
+
+    * ``db_queries``: queries sent to any database server; default: one per
+      request that completed with a query (no cache: every request is one);
+    * ``cache_lookups`` (reads that asked the cache), ``cache_hits`` (found
+      the key), ``cache_coalesced`` (with ``single_flight``: missed, then took
+      the result of another read's query in flight):
+      ``cache_hit_ratio = cache_hits / cache_lookups``;
+    * ``reads_returned`` (reads that returned a value) and ``stale_reads`` (of
+      those, ones older than the newest version committed on the primary when
+      the read began): ``stale_read_ratio``;
+    * ``primary_reads`` and ``replica_reads`` (one count per replica): database
+      reads by destination, for how the read load spreads.
     """
     n = arrivals
     nan = math.nan
@@ -232,6 +300,7 @@ def metric_values(
         return float(values.mean()) if values.size else nan
 
     finished = completed + timeouts + errors
+    replica_total = nan if replica_reads is None else sum(replica_reads)
     return {
         "throughput_rps": completed / duration,
         "latency_mean_ms": mean(latency_ms),
@@ -250,7 +319,24 @@ def metric_values(
         "connections_busy_mean": busy_mean,
         "in_flight_mean": in_flight_mean,
         "incomplete_rate": (n - finished) / n if n else nan,
+        "db_queries_per_s": (len(query_ms) if db_queries is None else db_queries) / duration,
+        "cache_hit_ratio": _ratio(cache_hits, cache_lookups),
+        "cache_coalesced_ratio": (
+            nan if cache_coalesced is None else _ratio(cache_coalesced, cache_lookups)
+        ),
+        "stale_read_ratio": _ratio(stale_reads, reads_returned),
+        "replica_read_share": (
+            nan if replica_reads is None else _ratio(replica_total, replica_total + primary_reads)
+        ),
+        "replica_reads_max_share": (
+            nan if replica_reads is None else _ratio(max(replica_reads), replica_total)
+        ),
     }
+
+
+def _ratio(part: int, whole: int | None) -> float:
+    """part / whole; NaN when the whole is not applicable (None) or empty."""
+    return part / whole if whole else math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,9 +393,17 @@ def prediction_interval(
 
 
 def summarise(replications: Sequence[Mapping[str, float]]) -> dict[str, Estimate]:
-    """Per-metric estimates across replications, in report order."""
-    return {
-        name: confidence_interval([r[name] for r in replications])
-        for name in METRICS
-        if any(name in r for r in replications)
-    }
+    """Per-metric estimates across replications, in report order.
+
+    A conditional metric (cache, replicas, stale reads) that is NaN in every
+    replication does not apply to the scenario and is left out.
+    """
+    estimates = {}
+    for name in METRICS:
+        values = [r[name] for r in replications if name in r]
+        if not values:
+            continue
+        if name in CONDITIONAL_METRICS and all(math.isnan(v) for v in values):
+            continue
+        estimates[name] = confidence_interval(values)
+    return estimates

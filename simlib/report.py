@@ -18,6 +18,7 @@ UNITS = {
     "throughput_rps": "req/s",
     "offered_rps": "req/s",
     "connections_opened_per_s": "conn/s",
+    "db_queries_per_s": "query/s",
 }
 DESCRIPTIONS = {
     "throughput_rps": "completed requests per second",
@@ -37,6 +38,12 @@ DESCRIPTIONS = {
     "connections_busy_mean": "connections checked out, time average",
     "in_flight_mean": "requests in the system, time average",
     "incomplete_rate": "share unfinished at the drain limit",
+    "cache_hit_ratio": "reads found in the cache",
+    "stale_read_ratio": "reads older than the primary's newest at their start",
+    "db_queries_per_s": "queries sent to the primary or a replica",
+    "cache_coalesced_ratio": "reads that shared another read's query (single flight)",
+    "replica_read_share": "database reads sent to a replica",
+    "replica_reads_max_share": "busiest replica's share of replica reads",
 }
 
 

@@ -262,17 +262,29 @@ POOL_KINDS: dict[str, type[PoolConfig]] = {
 
 @dataclass(frozen=True, slots=True)
 class Cache(_Table):
-    """A cache-aside store (Redis) in front of reads."""
+    """A cache-aside store (Redis) in front of reads (modelled in simlib/cache.py).
+
+    ``single_flight``: stampede protection.  False (the plain cache-aside
+    pattern): every read that misses queries the database, so when a hot key
+    expires all its concurrent readers query at once.  True: one query per key
+    is in flight; other readers that miss wait for it and take its result.
+    """
 
     ttl: float = 60.0  # inf = no expiry
     capacity: int | None = None  # None = unbounded; else LRU eviction
     hit_time: float = 0.0002
     on_write: Literal["invalidate", "write_through", "none"] = "invalidate"
+    single_flight: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Replicas(_Table):
-    """Streaming read replicas that see the primary's commits after a lag."""
+    """Streaming read replicas that see the primary's commits after a lag.
+
+    Modelled in simlib/replicas.py.  For ``read_your_writes`` a "client" is
+    a closed workload's loop; in an open workload each request comes from
+    one of ``workload.clients`` users, picked uniformly at random.
+    """
 
     count: int = 1
     lag: Distribution = Constant(0.2)
@@ -544,6 +556,7 @@ _CACHE_RULES: dict[str, Rule] = {
     "capacity": _integer(">=", 1),
     "hit_time": _number(">=", 0),
     "on_write": _choice("invalidate", "write_through", "none"),
+    "single_flight": _flag,
 }
 
 _REPLICAS_RULES: dict[str, Rule] = {

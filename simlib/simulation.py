@@ -1,9 +1,11 @@
 """Running a scenario: one replication, then many, then confidence intervals.
 
 A replication builds a fresh SimPy environment with the database server, the
-pool and the workload, runs the warm-up and the measured window, then lets
-the requests that arrived in the window finish (the "drain"), because a
-request that arrived at the last instant still counts.  Arrivals go on during
+pool and the workload (and, when the scenario has them, the cache and the
+replicas, each replica with its own server and pool), runs the warm-up and
+the measured window, then lets the requests that arrived in the window
+finish (the "drain"), because a request that arrived at the last instant
+still counts.  Arrivals go on during
 the drain so late requests see the same load as early ones.  A request still
 unfinished when the drain limit passes counts as incomplete
 (``incomplete_rate``): that only happens in overload without timeouts.
@@ -21,9 +23,12 @@ from dataclasses import dataclass
 
 import simpy
 
+from simlib.access import KeyedWorkload
+from simlib.cache import CacheAside
 from simlib.database import DatabaseServer
 from simlib.metrics import Estimate, Recorder, summarise
-from simlib.pools import make_pool
+from simlib.pools import PoolModel, make_pool
+from simlib.replicas import Replica, ReplicaSet
 from simlib.scenario import Scenario, ScenarioError
 from simlib.streams import Streams
 from simlib.workload import Workload
@@ -34,49 +39,80 @@ DRAIN_FACTOR, DRAIN_MIN = 1.0, 60.0
 
 
 def check_supported(scenario: Scenario) -> None:
-    """Refuse sections this version of the model does not simulate yet.
+    """Refuse what the *live* labs cannot run yet: ``[cache]`` and ``[replicas]``.
 
-    Quietly ignoring a ``[cache]`` would predict the wrong system, which is
-    worse than no prediction.
+    The simulator models both (simlib/cache.py, simlib/replicas.py), so
+    :func:`simulate` and :func:`run_replication` do not call this.  ``labs``
+    calls it before starting any server: quietly ignoring a ``[cache]`` there
+    would measure a different system than the one predicted, which is worse
+    than no measurement.  The message starts with the section's name.
     """
     for section in ("cache", "replicas"):
         if getattr(scenario, section) is not None:
             raise ScenarioError(
                 section,
-                f"the [{section}] section is not simulated yet; remove it to simulate "
-                "the connection pool alone",
+                f"labs does not run the [{section}] section yet (simlib simulates it); "
+                "remove it to measure the connection pool alone",
             )
 
 
 def run_replication(scenario: Scenario, replication: int) -> dict[str, float]:
     """Simulate one replication; returns its value of every metric."""
-    check_supported(scenario)
     w = scenario.workload
     env = simpy.Environment()
     streams = Streams(scenario.seed, replication)
     start, end = w.warmup, w.warmup + w.duration
     recorder = Recorder(env, start, end)
-    server = DatabaseServer(
-        env,
-        scenario.database,
-        streams.distribution("connect", scenario.database.connect_time),
-        recorder,
-        cpu_bound=scenario.query.cpu_bound,
-    )
-    pool = make_pool(env, server, recorder, scenario.pool, streams.uniform("pool"))
-    workload = Workload(
-        env,
-        w,
-        pool,
-        server,
-        recorder,
-        streams.distribution("service", scenario.query.service_time),
-        streams,
-        picks_keys=w.write_fraction > 0
-        or scenario.cache is not None
-        or scenario.replicas is not None,
-        client=scenario.client,
-    )
+    connect = streams.distribution("connect", scenario.database.connect_time)
+    pool_uniform = streams.uniform("pool")
+
+    def database() -> tuple[DatabaseServer, PoolModel]:
+        # A server with the scenario's [database] settings and the
+        # application's pool for it.  Replicas get the same: one pool per
+        # database URL, as with one SQLAlchemy engine each.
+        server = DatabaseServer(
+            env, scenario.database, connect, recorder, cpu_bound=scenario.query.cpu_bound
+        )
+        return server, make_pool(env, server, recorder, scenario.pool, pool_uniform)
+
+    server, pool = database()
+    service = streams.distribution("service", scenario.query.service_time)
+    keyed = w.write_fraction > 0 or scenario.cache is not None or scenario.replicas is not None
+    if keyed:
+        replicas = None
+        if scenario.replicas is not None:
+            replicas = ReplicaSet(
+                env,
+                scenario.replicas,
+                [Replica(i, *database()) for i in range(scenario.replicas.count)],
+                streams.distribution("lag", scenario.replicas.lag),
+                streams.uniform("routing"),
+            )
+            replicas.start()
+        workload: Workload = KeyedWorkload(
+            env,
+            w,
+            pool,
+            server,
+            recorder,
+            service,
+            streams,
+            client=scenario.client,
+            cache=None if scenario.cache is None else CacheAside(env, scenario.cache),
+            replicas=replicas,
+        )
+    else:
+        workload = Workload(
+            env,
+            w,
+            pool,
+            server,
+            recorder,
+            service,
+            streams,
+            picks_keys=False,
+            client=scenario.client,
+        )
     pool.start()
     workload.start()
     env.run(until=end)
@@ -139,7 +175,6 @@ def run_jobs(
 
 def simulate(scenario: Scenario, workers: int | None = None) -> SimulationResult:
     """Run every replication of ``scenario`` and summarise them."""
-    check_supported(scenario)
     jobs = [(scenario, r) for r in range(scenario.replications)]
     results = run_jobs(jobs, workers)
     return summarise_result(scenario, results)

@@ -39,6 +39,7 @@ STREAM_NAMES: tuple[str, ...] = (
     "routing",
     "dispatch",
     "hold",
+    "clients",
 )
 
 _BATCH = 4096

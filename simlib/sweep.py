@@ -22,9 +22,11 @@ from typing import Any
 
 import pandas as pd
 
-from simlib.metrics import METRICS, summarise
+from simlib.metrics import METRICS, Estimate, summarise
 from simlib.scenario import Scenario, ScenarioError
-from simlib.simulation import check_supported, run_jobs
+from simlib.simulation import run_jobs
+
+NAN_ESTIMATE = Estimate(math.nan, None)
 
 MAX_POINTS = 10_000
 
@@ -85,8 +87,6 @@ def sweep(
     if len(combos) > MAX_POINTS:
         raise ScenarioError("--grid", f"at most {MAX_POINTS} points in all, got {len(combos)}")
     scenarios = [scenario.with_values(combo) for combo in combos]  # validates every point first
-    for s in scenarios:
-        check_supported(s)
     jobs = [(s, r) for s in scenarios for r in range(s.replications)]
     bar = None
     if progress is True:
@@ -106,7 +106,8 @@ def sweep(
         i += s.replications
         row: dict[str, Any] = dict(combo)
         for name in METRICS:
-            est = estimates[name]
+            # A metric that does not apply (no cache...) is NaN in every column.
+            est = estimates.get(name, NAN_ESTIMATE)
             row[name] = est.value
             row[f"{name}_low"] = est.ci95[0] if est.ci95 else math.nan
             row[f"{name}_high"] = est.ci95[1] if est.ci95 else math.nan

@@ -1,4 +1,4 @@
-"""Queueing theory for connection pools: closed forms to check simulations against.
+"""Queueing and caching theory: closed forms to check simulations against.
 
 A connection pool is a small queueing system.  The *servers* are the ``c``
 connections; a *customer* is a request that checks a connection out, holds it
@@ -59,6 +59,16 @@ Pollaczek–Khinchine and Allen–Cunneen
     widely used *approximation* for M/G/c that scales the Erlang C wait by
     ``(1 + cv²)/2``.
 
+Caches and replicas (open workloads, key k requested with probability p_k)
+    Cache-aside with a TTL: per key ``λ_k T / (1 + λ_k T)`` by renewal-reward,
+    with corrections for the fill time, stampedes and invalidating writes
+    (:func:`ttl_cache_keys`).  LRU with capacity C: Che's approximation
+    (:func:`lru_cache_hit_ratio`).  Read replicas with a constant lag L and
+    Poisson writes at ``w_k``: a read is stale with probability
+    ``1 − e^{−w_k L}`` (:func:`replica_stale_read_ratio`); with read-your-writes
+    routing only other clients' writes can make a read stale
+    (:func:`read_your_writes_stale_read_ratio`).
+
 Notation throughout: ``λ`` arrival rate (requests per second), ``μ`` service
 rate per connection (1 / mean holding time), ``c`` number of connections,
 ``a = λ/μ`` offered load in Erlangs, ``ρ = a/c`` utilisation.  All formulas are
@@ -97,6 +107,14 @@ __all__ = [
     "mmk_ps_mean_response",
     "pk_mean_wait",
     "simulate_fifo_patience",
+    "TtlCacheKey",
+    "che_characteristic_time",
+    "lru_cache_hit_ratio",
+    "read_your_writes_replica_share",
+    "read_your_writes_stale_read_ratio",
+    "replica_stale_read_ratio",
+    "ttl_cache_hit_ratio",
+    "ttl_cache_keys",
 ]
 
 
@@ -434,7 +452,8 @@ def mmc_deterministic_patience(
         t_e_rel = t
 
     # P_c = e^{-m} q with q = 1 / (e^{-m}/B + λ A0), all in log space.
-    log_lam_a0 = math.log(lam * a0) if a0 > 0.0 else -math.inf
+    # lam * a0 can underflow to 0 for a subnormal patience (T = 5e-324).
+    log_lam_a0 = math.log(lam * a0) if lam * a0 > 0.0 else -math.inf
     log_q = -_logaddexp(-m - log_b, log_lam_a0)
     q = math.exp(log_q)
     p_timeout = q * e_rel
@@ -738,3 +757,230 @@ def allen_cunneen_mean_wait(
     s = _positive("mean_service", mean_service)
     cv = _non_negative("cv_service", cv_service)
     return mmc(arrival_rate, 1.0 / s, c).mean_wait * (1.0 + cv * cv) / 2.0
+
+
+# ---------------------------------------------------------------------------
+# Caches and replicas
+#
+# The request stream of an open workload is Poisson at rate λ, and each
+# request picks key k with probability p_k independently, so the requests for
+# key k form their own Poisson process at rate λ_k = λ p_k (thinning), and
+# keys can be analysed one at a time, then summed with weights p_k (a key's
+# share of the reads).  Closed workloads are not Poisson per key: these
+# formulas are for open workloads only.
+
+
+def _popularity(probabilities) -> np.ndarray:
+    p = np.asarray(probabilities, dtype=float)
+    if p.ndim != 1 or p.size == 0 or np.any(p < 0) or not math.isclose(p.sum(), 1.0):
+        raise ValueError("probabilities must be a non-empty 1-D array of shares summing to 1")
+    return p
+
+
+def _expected_last_arrival(rate: np.ndarray, window: float) -> np.ndarray:
+    """E[time of the last Poisson(rate) arrival in (0, window)], 0 when there is none.
+
+    ``P(D <= x) = exp(-rate (window - x))``, so ``E[D] = window - (1 - exp(-rate window)) / rate``.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = window - (-np.expm1(-rate * window)) / rate
+    return np.where(rate > 0, d, 0.0)
+
+
+@dataclass(frozen=True)
+class TtlCacheKey:
+    """One key of a TTL cache-aside cache: hit ratio and database query rate."""
+
+    hit_ratio: np.ndarray
+    query_rate: np.ndarray  # database queries per second for the key
+
+
+def ttl_cache_keys(
+    read_rates,
+    ttl: float,
+    fill_time: float = 0.0,
+    single_flight: bool = True,
+    invalidation_rates=0.0,
+) -> TtlCacheKey:
+    """Per-key hit ratio and query rate of cache-aside with a TTL, by renewal-reward.
+
+    Each key's reads are Poisson at ``read_rates[k]`` (λ); a miss stores the
+    value ``fill_time`` (S) after the ``GET`` that missed (the cache lookup,
+    the query and the ``SETEX``); the value lives ``ttl`` (T) from the store,
+    hits do not extend it.  A cycle starts when the key leaves the cache; the
+    next read (after 1/λ on average) misses and fills.  Reads during the
+    fill miss too.
+
+    * ``single_flight`` (or S = 0): only the first miss queries; the value
+      then lives T.  Per cycle: λS + 1 misses, λT hits, one query, so the hit
+      ratio is ``λT / (1 + λS + λT)`` and the query rate ``1 / (1/λ + S + T)``.
+      With S = 0 this is the textbook ``λT / (1 + λT)``.
+    * without it (a stampede): each of the 1 + N misses (N ~ Poisson(λS))
+      queries and stores again, and the last store, D after the first miss
+      (``E[D] = S − (1 − e^{−λS})/λ``), restarts the TTL: λ(T + E[D]) hits
+      per cycle and ``(1 + λS) / (1/λ + S + E[D] + T)`` queries per second.
+      Assumes T >= S.
+    * ``invalidation_rates`` (w, per key): writes with ``on_write =
+      "invalidate"`` delete the key at Poisson times, which *reduces hits*:
+      the value lives min(T, Exp(w)), ``(1 − e^{−wT}) / w`` on average, in
+      place of T.  A delete during a fill does not stop the fill's store (the
+      cache-aside race), which the formula follows.  Exact with
+      ``single_flight`` (or S = 0); not offered for stampedes (raises).
+
+    Exact for these assumptions; ``fill_time`` matters when it is not small
+    against the time between a key's reads (for the hottest keys).
+    """
+    lam = np.asarray(read_rates, dtype=float)
+    if np.any(lam < 0):
+        raise ValueError("read_rates must be >= 0")
+    t = _positive("ttl", ttl) if not math.isinf(ttl) else math.inf
+    s = _non_negative("fill_time", fill_time)
+    w = np.broadcast_to(np.asarray(invalidation_rates, dtype=float), lam.shape)
+    if np.any(w < 0):
+        raise ValueError("invalidation_rates must be >= 0")
+    if math.isinf(t) and not np.any(w > 0):
+        # Never expires, never invalidated: every read after the first hits.
+        return TtlCacheKey(np.where(lam > 0, 1.0, 0.0), np.zeros_like(lam))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # mean life of a stored value: min(T, Exp(w)); 1/w when T is inf
+        life = np.where(w > 0, -np.expm1(-w * t) / w, t)
+        if single_flight or s == 0:
+            hits, misses, queries = lam * life, 1 + lam * s, 1.0
+            cycle = 1 / lam + s + life
+        else:
+            if np.any(w > 0):
+                raise ValueError("invalidation_rates are only modelled with single_flight")
+            if t < s:
+                raise ValueError("without single_flight the formula needs ttl >= fill_time")
+            d = _expected_last_arrival(lam, s)
+            hits, misses, queries = lam * (t + d), 1 + lam * s, 1 + lam * s
+            cycle = 1 / lam + s + d + t
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(lam > 0, hits / (hits + misses), 0.0)
+        rate = np.where(lam > 0, queries / cycle, 0.0)
+    return TtlCacheKey(ratio, rate)
+
+
+def ttl_cache_hit_ratio(
+    rate: float,
+    probabilities,
+    ttl: float,
+    fill_time: float = 0.0,
+    single_flight: bool = True,
+    invalidation_rate: float = 0.0,
+) -> float:
+    """Cache-aside hit ratio over a popularity: ``Σ p_k h_k`` with ``h_k`` per key.
+
+    ``rate``: reads per second in all; ``p_k`` a key's share of them (and of
+    the writes behind ``invalidation_rate``, writes per second in all).  See
+    :func:`ttl_cache_keys` for ``h_k`` and its assumptions; with the
+    defaults it is ``λ_k T / (1 + λ_k T)``, which assumes a miss's fill is
+    instantaneous: set ``fill_time`` to the hit time plus the query (and any
+    connection wait) when those are not small against the time between a
+    hot key's reads, and ``single_flight`` as the cache does.
+    """
+    p = _popularity(probabilities)
+    keys = ttl_cache_keys(
+        _positive("rate", rate) * p, ttl, fill_time, single_flight, invalidation_rate * p
+    )
+    return float(np.dot(p, keys.hit_ratio))
+
+
+def che_characteristic_time(rate: float, probabilities, capacity: int) -> float:
+    """Che's characteristic time ``t_C`` of an LRU cache holding ``capacity`` keys.
+
+    The root of ``Σ_k (1 − e^{−λ_k t_C}) = C``: a key stays in an LRU cache
+    while fewer than C other distinct keys have been requested since its
+    last request, and Che's approximation treats that time as the same
+    constant ``t_C`` for every key.  Infinite when the cache holds every key.
+    """
+    p = _popularity(probabilities)
+    lam = _positive("rate", rate) * p
+    c = _count("capacity", capacity, 1)
+    if c >= np.count_nonzero(lam):
+        return math.inf
+
+    def excess(t: float) -> float:
+        return float(np.sum(-np.expm1(-lam * t))) - c
+
+    hi = 1.0 / lam.max()
+    while excess(hi) < 0:
+        hi *= 2.0
+    lo = 0.0
+    for _ in range(200):  # bisection: excess() increases with t
+        mid = 0.5 * (lo + hi)
+        if excess(mid) < 0:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * hi:
+            break
+    return 0.5 * (lo + hi)
+
+
+def lru_cache_hit_ratio(rate: float, probabilities, capacity: int) -> float:
+    """Che's approximation of an LRU cache's hit ratio: ``Σ_k p_k (1 − e^{−λ_k t_C})``.
+
+    Independent requests (the independent reference model) with no expiry
+    and an instantaneous fill.  An approximation, known to be very accurate
+    for Zipf popularities once the cache holds tens of keys.  It describes
+    *exact* LRU; Redis' sampled LRU (``maxmemory-samples = 5``) hits slightly
+    less often.
+    """
+    p = _popularity(probabilities)
+    t_c = che_characteristic_time(rate, p, capacity)
+    if math.isinf(t_c):
+        return 1.0
+    return float(np.dot(p, -np.expm1(-rate * p * t_c)))
+
+
+def replica_stale_read_ratio(write_rate: float, probabilities, lag: float) -> float:
+    """Share of replica reads that are stale: ``Σ_k p_k (1 − e^{−w_k L})``, ``w_k = w p_k``.
+
+    A read that begins at ``a`` and queries a replica at once sees the
+    commits up to ``a − L``; it is stale when key k had a commit in
+    ``(a − L, a]``, probability ``1 − e^{−w_k L}`` when the key's commits are
+    Poisson at rate ``w_k`` (they are: Poisson writes shifted by a service
+    time).  Assumes a constant lag L, every read sent to a replica, no
+    cache, and no wait between the read's arrival and its query's start (a
+    wait δ shortens the window to ``L − δ``).  Reads share the popularity p
+    with writes.
+    """
+    p = _popularity(probabilities)
+    w = _non_negative("write_rate", write_rate)
+    lag = _non_negative("lag", lag)
+    return float(np.dot(p, -np.expm1(-w * p * lag)))
+
+
+def read_your_writes_replica_share(write_rate: float, window: float, clients: int) -> float:
+    """Share of reads that ``read_your_writes`` still sends to a replica: ``e^{−w W / N}``.
+
+    Each of N clients sends a random share of the requests, so a client's
+    writes are Poisson at ``w / N``; its read goes to a replica unless it
+    committed a write in the last ``W`` (the window) seconds.
+    """
+    w = _non_negative("write_rate", write_rate)
+    n = _count("clients", clients, 1)
+    return math.exp(-w * _non_negative("window", window) / n)
+
+
+def read_your_writes_stale_read_ratio(
+    write_rate: float, probabilities, lag: float, window: float, clients: int
+) -> float:
+    """Stale reads under ``read_your_writes``: ``Σ_k p_k e^{−wW/N} (1 − e^{−w_k L (N−1)/N})``.
+
+    A read is stale only if it goes to a replica (its client wrote nothing in
+    the last W, probability ``e^{−wW/N}``) and key k had a commit in the
+    last L; with ``W >= L`` that commit was by *another* client, and other
+    clients' commits to k are Poisson at ``w_k (N−1)/N`` whatever this one
+    did.  Own writes are therefore never read stale.  The same assumptions
+    as :func:`replica_stale_read_ratio`, clients picked uniformly per request.
+    """
+    p = _popularity(probabilities)
+    w = _non_negative("write_rate", write_rate)
+    lag = _non_negative("lag", lag)
+    n = _count("clients", clients, 1)
+    if _non_negative("window", window) < lag:
+        raise ValueError("the formula needs window >= lag")
+    others = w * p * lag * (n - 1) / n
+    return read_your_writes_replica_share(w, window, n) * float(np.dot(p, -np.expm1(-others)))

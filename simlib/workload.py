@@ -16,7 +16,9 @@ ping), send the query (one round trip plus the service time on the server),
 reset and return the connection, answer.  Latency runs from arrival to answer.
 
 Each request also picks a key from the popularity distribution and whether it
-is a write; these matter once a cache or replicas sit in front of the data.
+is a write; these matter once a cache or replicas sit in front of the data, or
+writes make reads stale: then :class:`simlib.access.KeyedWorkload` replaces
+``serve`` with the keyed request path, and this one stays lean.
 """
 
 from __future__ import annotations
@@ -100,8 +102,8 @@ class Workload:
             self.env.process(self._arrivals())
         else:
             think = self.streams.exponential("think", self.config.think_time or 1.0)
-            for _ in range(self.config.clients):
-                self.env.process(self._client(think))
+            for client in range(self.config.clients):
+                self.env.process(self._client(think, client))
 
     # -- load shapes --------------------------------------------------------
     def _arrivals(self):
@@ -113,14 +115,14 @@ class Workload:
             yield env.timeout(gap())
             process(serve())
 
-    def _client(self, think: Callable[[], float]):
+    def _client(self, think: Callable[[], float], client: int):
         env = self.env
         thinking = self.config.think_time > 0
         if thinking:
             yield env.timeout(think())  # clients do not all start at once
         while True:
             started = env.now
-            ok = yield from self.serve()
+            ok = yield from self.serve(client)
             if thinking:
                 yield env.timeout(think())
             elif not ok and env.now == started:
@@ -131,8 +133,12 @@ class Workload:
         """A key from the popularity distribution, and whether this is a write."""
         return self._key(), self._write() < self.config.write_fraction
 
-    def serve(self):
-        """Carry one request through checkout, query and return; True if it succeeded."""
+    def serve(self, client: int = -1):
+        """Carry one request through checkout, query and return; True if it succeeded.
+
+        ``client``: the closed-loop client sending it (-1: an open arrival).
+        Only the keyed request path (simlib/access.py) uses it.
+        """
         env = self.env
         recorder = self.recorder
         pool = self.pool

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from simlib.metrics import CONTRACT_METRICS
+from simlib.metrics import CONDITIONAL_METRICS, CONTRACT_METRICS
 from simlib.scenario import load_scenario
 from simlib.simulation import run_replication, simulate
 from simlib.sweep import parse_grid, sweep
@@ -34,7 +34,11 @@ def test_run_json_is_one_contract_document():
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)  # exactly one document: json.loads rejects trailing data
     assert doc["executor"] == "simlib" and doc["scenario"] == "pool-sizing-demo"
+    # No [cache], no writes: cache_hit_ratio and stale_read_ratio do not apply.
+    assert not CONDITIONAL_METRICS & set(doc["metrics"])
     for name in CONTRACT_METRICS:
+        if name in CONDITIONAL_METRICS:
+            continue
         metric = doc["metrics"][name]
         assert set(metric) == {"value", "ci95"}
         low, high = metric["ci95"]
@@ -64,7 +68,7 @@ def test_run_table_and_plot(tmp_path):
         (["sweep", str(DEMO), "--grid", "pool.pool_size=9..2"], "--grid pool.pool_size"),
         (["sweep", str(DEMO), "--grid", "pool.pool_size"], "--grid"),
         (["sweep", str(DEMO), "--grid", "pool.pool_size=1,-1"], "pool.pool_size"),
-        (["run", str(DEMO), "--set", "cache.ttl=10"], "cache"),
+        (["run", str(DEMO), "--set", "cache.ttl=-1"], "cache.ttl"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, field):

@@ -163,6 +163,7 @@ BAD_DATA: list[tuple[dict, str]] = [
     ({"cache": {"capacity": 1.5}}, "cache.capacity"),
     ({"cache": {"on_write": "refresh"}}, "cache.on_write"),
     ({"cache": {"hit_time": -1}}, "cache.hit_time"),
+    ({"cache": {"single_flight": 1}}, "cache.single_flight"),
     # [replicas]
     ({"replicas": {"count": 0}}, "replicas.count"),
     ({"replicas": {"lag": {"dist": "uniform", "low": 1, "high": 0}}}, "replicas.lag.high"),
@@ -458,6 +459,7 @@ def test_full_scenario_round_trips() -> None:
         "capacity": 100,
         "hit_time": 0.0002,
         "on_write": "write_through",
+        "single_flight": False,
     }
     assert (
         data["pool"]["kind"] == "psycopg_pool" and "max_size" not in data["pool"]

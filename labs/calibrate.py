@@ -29,6 +29,8 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 
+from simlib.scenario import parse_scenario
+
 SLEEP = 0.005
 CONNECT_TIMEOUT = 3
 
@@ -212,7 +214,12 @@ def calibrate_client(scenario, dsn: str, network_rtt: float, *,
     from labs.executor import run_live
 
     rate = client_rate(scenario)
-    light = scenario.with_values({
+    # The pool library's own costs, with the plain statement on the primary:
+    # the keyed path's cache and replicas are left out here (their Redis
+    # calls are charged as the cache's hit_time instead).
+    data = {k: v for k, v in scenario.to_dict().items() if k not in ("cache", "replicas")}
+    data["workload"] = {**data.get("workload", {}), "write_fraction": 0.0}
+    light = parse_scenario(data, default_name=scenario.name).with_values({
         "workload.kind": "open",
         "workload.rate": rate,
         "workload.duration": CLIENT_SECONDS,
@@ -237,23 +244,112 @@ def charged_round_trips(pool, network_rtt: float) -> float:
     return network_rtt * (1 + resets)
 
 
-def client_samples(records, start: float, end: float,
-                   charged: float) -> tuple[list[float], list[float]]:
+def client_samples(records, start: float, end: float, charged: float,
+                   cached: bool = False) -> tuple[list[float], list[float]]:
     """Per-request client costs in a run's records: (dispatch, hold) samples.
 
-    Successful requests scheduled in ``[start, end)``.  Dispatch only from
-    requests that did not wait for the pool (a wait is the pool's doing, not
-    the client's), minus any connect the request paid itself; hold minus the
-    service time and the ``charged`` round trips.
+    Successful requests scheduled in ``[start, end)`` that used a connection
+    (a cache hit has none).  Dispatch only from requests that did not wait
+    for the pool (a wait is the pool's doing, not the client's), minus any
+    connect the request paid itself, and not from reads that asked a cache
+    first (``cached``: their Redis ``GET`` is charged as ``hit_time``); hold
+    minus the service time and the ``charged`` round trips.
     """
     from simlib.metrics import OK
 
     dispatch: list[float] = []
     hold: list[float] = []
     for r in records:
-        if not (start <= r.scheduled < end) or r.outcome != OK:
+        if not (start <= r.scheduled < end) or r.outcome != OK or r.got is None:
             continue
-        if not r.waited:
+        if not r.waited and not (cached and r.key >= 0 and not r.write):
             dispatch.append(max(0.0, r.got - r.scheduled - r.connect_s))
         hold.append(max(0.0, r.released - r.got - r.service - charged))
     return dispatch, hold
+
+
+# ---------------------------------------------------------------------------
+# The keyed path's inputs: the cache's round trip, the replicas' lag
+# ---------------------------------------------------------------------------
+
+
+def calibrate_cache(redis_url: str, samples: int = 200) -> dict[str, float]:
+    """The cache's ``hit_time``: medians of redis-py ``GET`` and ``SET ... PX`` round trips.
+
+    simlib charges ``hit_time`` once per cache call (a ``GET``; a ``SET``
+    after a miss; a ``DEL`` or ``SET`` after a write); the calls cost about
+    the same on loopback, so ``hit_time`` is the median over both kinds.
+    """
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=1.0, socket_timeout=2.0)
+    key = f"labs:calibrate:{time.perf_counter_ns()}"
+    gets: list[float] = []
+    sets: list[float] = []
+    try:
+        client.set(key, 1, px=60_000)  # connect outside the timing
+        for i in range(samples):
+            t0 = time.perf_counter()
+            client.set(key, i, px=60_000)
+            t1 = time.perf_counter()
+            client.get(key)
+            t2 = time.perf_counter()
+            sets.append(t1 - t0)
+            gets.append(t2 - t1)
+        client.delete(key)
+    finally:
+        client.close()
+    return {
+        "get_median": statistics.median(gets),
+        "set_median": statistics.median(sets),
+        "hit_time": statistics.median(gets + sets),
+        "samples": samples,
+    }
+
+
+def calibrate_lag(primary: str, replica: str, samples: int = 5,
+                  timeout: float = 30.0) -> list[float]:
+    """Seconds from a commit returning on the primary to its row being visible on ``replica``.
+
+    Each sample updates a row of a small table of its own (``labs_lag``) on
+    the primary, then polls the replica every 0.5 ms until the new value
+    shows.  With ``recovery_min_apply_delay`` set this is the delay plus
+    the standby's apply time; without it, the streaming delay alone.
+    """
+    import psycopg2
+
+    p = psycopg2.connect(primary, application_name="labs-calibrate", connect_timeout=3)
+    r = psycopg2.connect(replica, application_name="labs-calibrate", connect_timeout=3)
+    p.autocommit = r.autocommit = True
+    lags: list[float] = []
+    try:
+        with p.cursor() as pc, r.cursor() as rc:
+            pc.execute("CREATE TABLE IF NOT EXISTS labs_lag (id int PRIMARY KEY, v bigint)")
+            pc.execute("INSERT INTO labs_lag VALUES (1, 0) ON CONFLICT (id) DO NOTHING")
+            deadline = time.monotonic() + timeout
+            while True:  # the table (created now, perhaps) must reach the replica first
+                try:
+                    rc.execute("SELECT v FROM labs_lag WHERE id = 1")
+                    if rc.fetchone() is not None:
+                        break
+                except psycopg2.errors.UndefinedTable:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"calibrate_lag: {replica} does not replay the primary")
+                time.sleep(0.01)
+            for _ in range(samples):
+                pc.execute("UPDATE labs_lag SET v = v + 1 WHERE id = 1 RETURNING v")
+                version = pc.fetchone()[0]
+                committed = time.perf_counter()
+                while True:
+                    rc.execute("SELECT v FROM labs_lag WHERE id = 1")
+                    if rc.fetchone()[0] >= version:
+                        lags.append(time.perf_counter() - committed)
+                        break
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"calibrate_lag: {replica} lags over {timeout:g} s")
+                    time.sleep(0.0005)
+    finally:
+        p.close()
+        r.close()
+    return lags

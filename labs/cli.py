@@ -131,7 +131,8 @@ def _with_services(scenario, function, **kw):
     from labs.services import services_for_scenario
 
     with services_for_scenario(scenario) as svc:
-        result = function(scenario, svc.primary, admin_dsn=svc.primary_admin, **kw)
+        result = function(scenario, svc.primary, admin_dsn=svc.primary_admin,
+                          replicas=svc.replicas, redis_url=svc.redis, **kw)
         wanted = scenario.database.max_connections
         actual = wanted if svc.can_configure else svc.max_connections()
         info = {
@@ -146,6 +147,18 @@ def _with_services(scenario, function, **kw):
                 f"{wanted}; services from {svc.source} cannot be reconfigured",
                 file=sys.stderr,
             )
+        if scenario.replicas is not None and not svc.can_configure:
+            from labs.services.discovery import requirements
+
+            lag = requirements(scenario)["replica_delay"]
+            delay = svc.replica_delay()
+            info["replica_delay"] = delay
+            if abs(delay - lag) > 1e-3:
+                print(
+                    f"labs: note: the replicas apply commits {delay:g} s late, the scenario's "
+                    f"lag is {lag:g} s; services from {svc.source} cannot be reconfigured",
+                    file=sys.stderr,
+                )
         details = getattr(result, "details", None)
         if isinstance(details, dict):
             details["services"] = info

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from labs.calibrate import Calibration, ClientCalibration, calibrate, calibrate_client
@@ -80,13 +81,17 @@ def single_run_ranges(result: SimulationResult) -> dict[str, list[float] | None]
 
 
 def predicted_scenario(
-    scenario: Scenario, cal: Calibration, client: ClientCalibration | None = None
+    scenario: Scenario,
+    cal: Calibration,
+    client: ClientCalibration | None = None,
+    keyed: dict | None = None,
 ) -> Scenario:
     """``scenario`` with the machine-dependent inputs set from the calibrations.
 
     ``database.connect_time`` and ``database.network_rtt`` from ``cal``;
     ``client.dispatch`` and ``client.hold`` from ``client`` (empirical
-    distributions of the samples), when given.
+    distributions of the samples), when given; ``cache.hit_time`` and the
+    replicas' constant ``lag`` from ``keyed`` (:func:`calibrate_keyed`).
     """
     values: dict[str, object] = {
         "database.connect_time": {"dist": "empirical", "samples": list(cal.connect_times)},
@@ -95,6 +100,11 @@ def predicted_scenario(
     if client is not None:
         values["client.dispatch"] = {"dist": "empirical", "samples": list(client.dispatch)}
         values["client.hold"] = {"dist": "empirical", "samples": list(client.hold)}
+    if keyed:
+        if keyed.get("hit_time") is not None and scenario.cache is not None:
+            values["cache.hit_time"] = keyed["hit_time"]
+        if keyed.get("lag") is not None and scenario.replicas is not None:
+            values["replicas.lag"] = {"dist": "constant", "value": keyed["lag"]}
     if scenario.query.cpu_bound:
         # The live server burns its CPU-bound queries on this machine's cores
         # (calibration is loopback only), whatever the scenario says.
@@ -130,6 +140,8 @@ def run_comparison(
     admin_dsn: str | None = None,
     client_costs: bool = True,
     replications: int | None = None,
+    replicas: Sequence[str] = (),
+    redis_url: str | None = None,
 ) -> Comparison:
     """:func:`compare`, keeping the simulation and the live result (with its records).
 
@@ -143,17 +155,25 @@ def run_comparison(
     if client_costs:
         client = calibrate_client(scenario, dsn, cal.rtt + cal.query_overhead,
                                   admin_dsn=admin_dsn)
-    predicted = predicted_scenario(scenario, cal, client)
+    keyed = calibrate_keyed(scenario, dsn, replicas, redis_url)
+    predicted = predicted_scenario(scenario, cal, client, keyed)
     if replications is not None:
         predicted = predicted.with_values({"replications": replications})
     simulation = simulate(predicted)
     simulated = simulation.to_json()
-    live = run_live(scenario, dsn, progress=progress, admin_dsn=admin_dsn)
+    live = run_live(scenario, dsn, progress=progress, admin_dsn=admin_dsn,
+                    replicas=replicas, redis_url=redis_url)
     measured = live.to_json()
     applied = calibration_applied(cal)
     if scenario.query.cpu_bound:
         applied["database.cores"] = predicted.database.cores
     doc_cal = cal.to_dict()
+    if keyed:
+        doc_cal["keyed"] = keyed
+        if keyed.get("hit_time") is not None and scenario.cache is not None:
+            applied["cache.hit_time"] = keyed["hit_time"]
+        if keyed.get("lag") is not None and scenario.replicas is not None:
+            applied["replicas.lag"] = keyed["lag"]
     if client is not None:
         doc_cal["client"] = client.to_dict()
         applied["client.dispatch"] = "empirical(client dispatch samples)"
@@ -167,6 +187,29 @@ def run_comparison(
         "single_run_range": single_run_ranges(simulation),
     }
     return Comparison(document, predicted, simulation, live)
+
+
+def calibrate_keyed(scenario: Scenario, dsn: str, replicas: Sequence[str],
+                    redis_url: str | None) -> dict:
+    """The keyed path's inputs on these services: the cache's round trip, the lag.
+
+    ``hit_time``: median redis-py call (:func:`labs.calibrate.calibrate_cache`);
+    ``lag``: median commit-to-visible time on the first replica
+    (:func:`labs.calibrate.calibrate_lag`), which is what the standby's
+    ``recovery_min_apply_delay`` and its apply work make it.
+    """
+    from labs.calibrate import calibrate_cache, calibrate_lag
+
+    out: dict = {}
+    if scenario.cache is not None and redis_url:
+        cache = calibrate_cache(redis_url)
+        out["cache"] = cache
+        out["hit_time"] = cache["hit_time"]
+    if scenario.replicas is not None and replicas:
+        lags = calibrate_lag(dsn, replicas[0])
+        out["lag_samples"] = lags
+        out["lag"] = sorted(lags)[len(lags) // 2]
+    return out
 
 
 def compare(scenario: Scenario, dsn: str, **kw) -> dict:

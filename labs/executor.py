@@ -55,14 +55,17 @@ One live run is one replication: ``scenario.replications`` is ignored and
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from labs.access import is_keyed, keyed_driver, prepare_table, wait_for_replicas
 from labs.drivers import ASYNC_KINDS, driver_class
 from labs.drivers.common import (
     ERROR,
@@ -74,10 +77,17 @@ from labs.drivers.common import (
     RunContext,
 )
 from labs.loadgen import run_async, run_threaded, thread_count
-from labs.server_stats import Monitor, calibrate_cpu, cancel_backends, database_sessions
+from labs.server_stats import (
+    CacheMonitor,
+    Monitor,
+    ReplicationMonitor,
+    calibrate_cpu,
+    cancel_backends,
+    database_sessions,
+)
 from simlib.metrics import METRICS, metric_values
 from simlib.scenario import Scenario
-from simlib.simulation import DRAIN_FACTOR, DRAIN_MIN, check_supported
+from simlib.simulation import DRAIN_FACTOR, DRAIN_MIN
 
 __all__ = ["LIVE_METRICS", "LiveResult", "run_live"]
 
@@ -138,8 +148,14 @@ def run_live(
     progress: bool = False,
     drain_limit: float | None = None,
     admin_dsn: str | None = None,
+    replicas: Sequence[str] = (),
+    redis_url: str | None = None,
 ) -> LiveResult:
     """Run ``scenario`` once against the Postgres at ``dsn`` and measure it.
+
+    With a ``[cache]``, ``[replicas]`` or writes the requests take the keyed
+    path (labs/access.py): ``replicas`` are the streaming replicas' DSNs (at
+    least ``[replicas].count``) and ``redis_url`` the Redis for the cache.
 
     ``drain_limit``: seconds after the window that its requests may still
     finish (default: simlib's ``max(60, duration)``).  ``admin_dsn``: where
@@ -149,8 +165,16 @@ def run_live(
     ``max_connections`` the scenario's pool may use.
     """
     admin = admin_dsn or dsn
-    check_supported(scenario)
     w = scenario.workload
+    keyed = is_keyed(scenario)
+    replica_dsns = list(replicas)[: scenario.replicas.count] if scenario.replicas else []
+    if scenario.replicas is not None and len(replica_dsns) < scenario.replicas.count:
+        raise ValueError(
+            f"replicas.count: the scenario needs {scenario.replicas.count} replica DSN(s), "
+            f"got {len(replica_dsns)}"
+        )
+    if scenario.cache is not None and not redis_url:
+        raise ValueError("cache: the scenario has a [cache] and needs a Redis URL, got none")
     start, end = w.warmup, w.warmup + w.duration
     if drain_limit is None:
         drain_limit = max(DRAIN_MIN, DRAIN_FACTOR * w.duration)
@@ -183,9 +207,34 @@ def run_live(
     details["query"] = query.sql("pyformat")
 
     ctx = RunContext(dsn=dsn, application_name=app, query=query)
+    if keyed:
+        prepare_table(dsn, w.keys)
+        lag = getattr(scenario.replicas.lag, "mean", 1.0) if scenario.replicas else 0.0
+        wait_for_replicas(dsn, replica_dsns, timeout=30.0 + 2 * float(lag))
+        driver = keyed_driver(
+            scenario,
+            ctx,
+            driver_class(scenario.pool.kind),
+            replica_dsns,
+            redis_url,
+            scenario.pool.kind in ASYNC_KINDS,
+        )
+        details["keyed"] = {"keys": w.keys, "write_fraction": w.write_fraction}
+    else:
+        driver = driver_class(scenario.pool.kind)(scenario, ctx)
     sessions_before = database_sessions(admin)
-    driver = driver_class(scenario.pool.kind)(scenario, ctx)
     monitor = Monitor(admin, app, ctx.now)
+    replica_monitors = [Monitor(r, app, ctx.now) for r in replica_dsns]
+    lag_monitor = ReplicationMonitor(admin, ctx.now) if replica_dsns else None
+    cache_monitor = (
+        CacheMonitor(redis_url, driver.prefix, ctx.now) if scenario.cache is not None else None
+    )
+    watchers = [monitor, *replica_monitors]
+    watchers += [m for m in (lag_monitor, cache_monitor) if m is not None]
+
+    def start_monitors() -> None:
+        for m in watchers:
+            m.start()
 
     def on_stop() -> None:
         # Drain limit reached: cancel our queries still running on the server
@@ -195,7 +244,10 @@ def run_live(
                 break
             time.sleep(0.2)
 
-    threads = thread_count(getattr(driver, "limit", None), w.kind, w.clients)
+    limit = getattr(driver, "limit", None)
+    if limit is not None:
+        limit *= 1 + len(replica_dsns)  # one pool per database
+    threads = thread_count(limit, w.kind, w.clients)
     cpu = CpuMeter()
     try:
         if scenario.pool.kind in ASYNC_KINDS:
@@ -206,13 +258,13 @@ def run_live(
                 drain_limit=drain_limit,
                 progress=progress,
                 on_stop=on_stop,
-                on_start=monitor.start,
+                on_start=start_monitors,
             )
         else:
             driver.open()
             try:
                 ctx.restart_clock()
-                monitor.start()
+                start_monitors()
                 records, facts = run_threaded(
                     driver,
                     ctx,
@@ -227,20 +279,32 @@ def run_live(
         run_end = ctx.now()
         cpu_used = cpu.read()
     finally:
-        monitor.stop()
+        for m in watchers:
+            m.stop()
     time.sleep(0.3)  # let exiting backends flush their statistics
     sessions_after = database_sessions(admin)
 
     details.update(facts)
+    if getattr(driver, "capacity", None) is not None:
+        # the Redis limit the keyed driver set for [cache] capacity (and then restored)
+        details["cache_capacity"] = dataclasses.asdict(driver.capacity)
     details["cpu"] = cpu_used
     details["driver"] = driver.details()
     details["run_seconds"] = run_end
     details["wall_start"] = wall_start
 
     cutoff = end + drain_limit
-    metrics = _metrics(records, ctx, monitor, start, end, cutoff, run_end)
+    metrics = _metrics(records, ctx, monitor, start, end, cutoff, run_end, scenario)
+    if replica_monitors:
+        # connections_mean counts every database's connections, as simlib does
+        metrics["connections_mean"] += sum(
+            m.time_average(start, end) for m in replica_monitors
+        )
     details.update(_extra_details(records, ctx, start, end))
     server = _server(records, monitor, start, end, sessions_before, sessions_after)
+    if keyed:
+        server.update(_keyed_server(records, start, end, replica_monitors, lag_monitor,
+                                    cache_monitor))
     return LiveResult(scenario, metrics, server, details, records, list(ctx.connect_durations))
 
 
@@ -303,6 +367,7 @@ def _metrics(
     end: float,
     cutoff: float,
     run_end: float,
+    scenario: Scenario | None = None,
 ) -> dict[str, float]:
     duration = end - start
     nan = math.nan
@@ -337,10 +402,12 @@ def _metrics(
         opened=sum(1 for t in ctx.connects if start <= t < end),
         latency=[r.finished - r.scheduled for r in ok],
         checkout=[r.got - r.scheduled for r in finished if r.got is not None],
-        query=[r.query_done - r.got for r in ok],
+        query=[r.query_done - r.got for r in ok if r.query_done is not None],
         connections_mean=monitor.time_average(start, end),
         busy_mean=busy / duration,
         in_flight_mean=in_flight / duration,
+        **(_keyed_counts(scenario, finished) if scenario is not None and is_keyed(scenario)
+           else {}),
     )
     values.update(
         achieved_rate_rps=sum(1 for r in started if r.started < end) / duration,
@@ -438,3 +505,47 @@ def render_compare(doc: dict) -> str:
     from labs.compare import render_compare as _render
 
     return _render(doc)
+
+
+def _keyed_counts(scenario: Scenario, finished: list[Record]) -> dict:
+    """simlib's cache, staleness and routing counts, from the window's finished records.
+
+    As simlib.access counts them: every read asks the cache (a failed Redis
+    call is a miss: the read went to the database); a read that returned a
+    value is stale when its version is older than the newest committed when
+    it began; reads by destination count where they were sent, a failover
+    counting for the primary that served it.
+    """
+    reads = [r for r in finished if r.key >= 0 and not r.write]
+    counts: dict = {"db_queries": sum(1 for r in finished if r.got is not None)}
+    if scenario.cache is not None:
+        counts["cache_lookups"] = len(reads)
+        counts["cache_hits"] = sum(1 for r in reads if r.source == "cache")
+        if scenario.cache.single_flight:
+            counts["cache_coalesced"] = sum(1 for r in reads if r.source == "coalesced")
+    if scenario.workload.write_fraction > 0:
+        returned = [r for r in reads if r.outcome == OK and r.version is not None]
+        counts["reads_returned"] = len(returned)
+        counts["stale_reads"] = sum(1 for r in returned if r.version < r.newest)
+    if scenario.replicas is not None:
+        n = scenario.replicas.count
+        sources = collections.Counter(r.source for r in reads)
+        counts["primary_reads"] = sources.get("primary", 0)
+        counts["replica_reads"] = [sources.get(f"replica{i}", 0) for i in range(n)]
+    return counts
+
+
+def _keyed_server(records, start, end, replica_monitors, lag_monitor, cache_monitor) -> dict:
+    """The keyed path's facts beside the client's metrics: faults, replicas, Redis."""
+    window = [r for r in records if start <= r.scheduled < end]
+    out: dict = {
+        "cache_errors": sum(1 for r in window if r.cache_error),
+        "replica_failovers": sum(1 for r in window if r.failover),
+    }
+    if replica_monitors:
+        out["replica_connections_mean"] = [m.time_average(start, end) for m in replica_monitors]
+    if lag_monitor is not None:
+        out.update(lag_monitor.summary(start, end))
+    if cache_monitor is not None:
+        out.update(cache_monitor.summary(start, end))
+    return out

@@ -256,6 +256,8 @@ def _run_threaded(
     start, end = w.warmup, w.warmup + w.duration
     shared = _Shared(start, end)
     service = Streams(scenario.seed, 0).distribution("service", scenario.query.service_time)
+    # The keyed path (labs/access.py) draws each request's key in arrival order.
+    assign = getattr(driver, "assign", None)
     service_lock = threading.Lock()
     bar = _Progress(progress, ctx, end)
     limit_hit = False
@@ -279,6 +281,8 @@ def _run_threaded(
                 collector.tick(t)
                 _sleep_until(ctx, t)
                 rec = Record(i, t, service())
+                if assign is not None:
+                    assign(rec)
                 shared.add(rec)
                 pool.submit(work, rec)
                 bar.tick(shared.records)
@@ -303,6 +307,9 @@ def _run_threaded(
                 _sleep_until(ctx, t)
                 with service_lock:
                     rec = Record(next(counter), t, service())
+                    rec.client = k
+                    if assign is not None:
+                        assign(rec)
                 shared.add(rec)
                 try:
                     ok = driver.serve(rec)
@@ -376,6 +383,8 @@ async def _run_async(
     start, end = w.warmup, w.warmup + w.duration
     shared = _Shared(start, end)
     service = Streams(scenario.seed, 0).distribution("service", scenario.query.service_time)
+    # The keyed path (labs/access.py) draws each request's key in arrival order.
+    assign = getattr(driver, "assign", None)
     bar = _Progress(progress, ctx, end)
     limit_hit = False
     await driver.open()
@@ -426,6 +435,8 @@ async def _run_async(
                         bar.tick(records)
                     await asyncio.sleep(delay)
                 rec = Record(i, t, service())
+                if assign is not None:
+                    assign(rec)
                 records.append(rec)
                 if start <= t < end:
                     shared.pending += 1
@@ -444,6 +455,9 @@ async def _run_async(
                     if delay > 0:
                         await asyncio.sleep(delay)
                     rec = Record(next(counter), t, service())
+                    rec.client = k
+                    if assign is not None:
+                        assign(rec)
                     shared.add(rec)
                     ok = await work(rec)
                     now = ctx.now()

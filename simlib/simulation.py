@@ -26,6 +26,7 @@ import simpy
 from simlib.access import KeyedWorkload
 from simlib.cache import CacheAside
 from simlib.database import DatabaseServer
+from simlib.distributions import Constant
 from simlib.metrics import Estimate, Recorder, summarise
 from simlib.pools import PoolModel, make_pool
 from simlib.replicas import Replica, ReplicaSet
@@ -39,21 +40,22 @@ DRAIN_FACTOR, DRAIN_MIN = 1.0, 60.0
 
 
 def check_supported(scenario: Scenario) -> None:
-    """Refuse what the *live* labs cannot run yet: ``[cache]`` and ``[replicas]``.
+    """Refuse what the *live* labs cannot reproduce: a replica lag that is not constant.
 
-    The simulator models both (simlib/cache.py, simlib/replicas.py), so
-    :func:`simulate` and :func:`run_replication` do not call this.  ``labs``
-    calls it before starting any server: quietly ignoring a ``[cache]`` there
-    would measure a different system than the one predicted, which is worse
-    than no measurement.  The message starts with the section's name.
+    The simulator draws a lag per commit from any distribution; a real
+    standby gets one ``recovery_min_apply_delay``, so labs can only impose a
+    constant lag.  Quietly imposing the mean instead would measure a
+    different system than the one predicted, which is worse than no
+    measurement.  ``labs`` calls this before starting any server;
+    :func:`simulate` does not.  The message starts with the setting's name.
     """
-    for section in ("cache", "replicas"):
-        if getattr(scenario, section) is not None:
-            raise ScenarioError(
-                section,
-                f"labs does not run the [{section}] section yet (simlib simulates it); "
-                "remove it to measure the connection pool alone",
-            )
+    reps = scenario.replicas
+    if reps is not None and not isinstance(reps.lag, Constant):
+        raise ScenarioError(
+            "replicas.lag",
+            "labs can only impose a constant lag (Postgres recovery_min_apply_delay), got "
+            f"{reps.lag.to_dict().get('dist')}; use lag = {{ dist = \"constant\", value = ... }}",
+        )
 
 
 def run_replication(scenario: Scenario, replication: int) -> dict[str, float]:

@@ -254,13 +254,15 @@ def test_plain_scenario_has_no_cache_or_replica_metrics():
     assert metrics["db_queries_per_s"].value == metrics["throughput_rps"].value
 
 
-def test_labs_still_refuses_cache_and_replicas():
-    for section in ("cache", "replicas"):
-        s = parse_scenario({section: {}})
-        with pytest.raises(ScenarioError) as error:
-            check_supported(s)
-        assert str(error.value).startswith(f"{section}: ")
-    check_supported(parse_scenario({}))  # a pool-only scenario passes
+def test_labs_refuses_only_a_lag_it_cannot_impose():
+    """A real standby has one recovery_min_apply_delay: a random lag cannot be run live."""
+    s = parse_scenario({"replicas": {"lag": {"dist": "exponential", "mean": 0.2}}})
+    with pytest.raises(ScenarioError) as error:
+        check_supported(s)
+    assert str(error.value).startswith("replicas.lag: ")
+    assert "constant" in str(error.value)
+    for ok in ({}, {"cache": {}}, {"replicas": {}}, {"cache": {}, "replicas": {"count": 2}}):
+        check_supported(parse_scenario(ok))
 
 
 @pytest.mark.parametrize("name", ["cache.toml", "replicas.toml", "stampede.toml"])

@@ -155,22 +155,29 @@ def test_cli_validate_quick(tmp_path):
     env["LABS_STATE_DIR"] = str(tmp_path / "state")
     out = tmp_path / "v" / "validate.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "labs", "validate", "--only", "light-load", "--quick",
+        [sys.executable, "-m", "labs", "validate", "--only", "light-load,replicas-stale", "--quick",
          "--json", "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert json.loads(out.read_text()) == doc
-    assert [r["scenario"] for r in doc["rows"]] == ["light-load"]
-    row = doc["rows"][0]
+    assert [r["scenario"] for r in doc["rows"]] == ["light-load", "replicas-stale"]
+    row, keyed = doc["rows"]
     assert [c["metric"] for c in row["checks"]] == [g.metric for g in GOALS]
-    assert all(c["passed"] in (True, False) for c in row["checks"])
+    # the cache and staleness goals do not apply to a pool-only scenario ...
+    applies = {c["metric"]: c["passed"] is not None for c in row["checks"]}
+    assert applies == {g.metric: g.metric not in ("cache_hit_ratio", "stale_read_ratio")
+                       for g in GOALS}
+    # ... the staleness goal does to one with replicas and writes (no cache there)
+    stale = {c["metric"]: c for c in keyed["checks"]}["stale_read_ratio"]
+    assert stale["passed"] in (True, False) and 0 < stale["measured"] < 0.3
+    assert keyed["goals"] == 6
     cal = row["compare"]["calibration"]
     assert cal["client"]["pool_kind"] == "sqlalchemy" and cal["client"]["dispatch"]["samples"] > 10
     assert cal["first_query_extra"] >= 0
     assert row["evidence"]["client_cores"] > 0
-    assert doc["summary"]["goals"] == 5
+    assert doc["summary"]["goals"] == 5 + 6
     # One 2 s run carries its own Poisson noise (about 7% in 200 arrivals): hold the
     # measured throughput to one run's 95% range, widened by half (about 99.7%).
     thr = row["checks"][0]

@@ -30,7 +30,7 @@ import time
 
 import asyncpg
 
-from labs.drivers.common import CURRENT_RECORD, OK, Record, RunContext, classify
+from labs.drivers.common import CURRENT_RECORD, OK, Record, RunContext, failed
 
 #: Seconds ``close()`` waits for the pool to close gracefully before terminating it.
 CLOSE_TIMEOUT = 10.0
@@ -47,6 +47,7 @@ class AsyncpgDriver:
         self.ctx = ctx
         self.limit = self.config.max_size
         self._sql = ctx.query.sql("dollar")
+        self._keyed = {w: ctx.query.keyed_sql(w, "dollar") for w in (False, True)}
         self.pool: asyncpg.Pool | None = None
 
     async def open(self) -> None:
@@ -86,18 +87,40 @@ class AsyncpgDriver:
 
     async def serve(self, rec: Record) -> bool:
         ctx = self.ctx
-        pool = self.pool
-        simple = self.simple_select_one and ctx.query.select_one
         rec.started = ctx.now()
         CURRENT_RECORD.set(rec)
+        try:
+            await self.call(rec, None)
+            rec.outcome = OK
+        except Exception as exc:  # noqa: BLE001 - every failure is a measured outcome
+            failed(rec, exc)
+        rec.finished = ctx.now()
+        return rec.outcome == OK
+
+    async def call(self, rec: Record, write: bool | None) -> int | None:
+        """One database call: acquire, statement, release; fills ``rec``'s times.
+
+        ``write`` None runs the plain statement; True/False the keyed write or
+        read of ``rec.key`` (labs/access.py), whose version is returned
+        (asyncpg runs each statement in its own transaction: a write is
+        committed when it returns).  Failures are raised after the release.
+        """
+        ctx = self.ctx
+        pool = self.pool
         conn = None
         try:
-            rec.waited = pool._queue.empty()  # every holder is taken: acquire will wait
+            if pool._queue.empty():  # every holder is taken: acquire will wait
+                rec.waited = True
             conn = await pool.acquire(timeout=self._timeout)
             rec.got = ctx.now()
             if ctx.stopping.is_set():
                 raise RuntimeError("run stopped before the query was sent")
-            if simple:
+            version = None
+            if write is not None:
+                version = await conn.fetchval(
+                    self._keyed[write], *ctx.query.keyed_params("dollar", rec.key, rec.service)
+                )
+            elif self.simple_select_one and ctx.query.select_one:
                 await conn.execute(self._sql)  # simple protocol, no parameter
             else:
                 await conn.fetch(self._sql, *ctx.query.params(rec.service))
@@ -105,21 +128,16 @@ class AsyncpgDriver:
             c, conn = conn, None
             await pool.release(c)
             rec.released = ctx.now()
-            rec.outcome = OK
-        except Exception as exc:  # noqa: BLE001 - every failure is a measured outcome
-            rec.outcome, rec.sqlstate = classify(exc)
-            rec.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            return None if version is None else int(version)
         finally:
-            # Also on cancellation (the run being wound down): a connection
-            # that is never released makes ``pool.close()`` wait forever.
+            # Also on failure and on cancellation (the run being wound down): a
+            # connection that is never released makes ``pool.close()`` wait forever.
             if conn is not None:
                 try:
                     await asyncio.shield(pool.release(conn))
                 except BaseException:  # noqa: BLE001
                     pass
                 rec.released = ctx.now()
-        rec.finished = ctx.now()
-        return rec.outcome == OK
 
     def details(self) -> dict:
         return {"limit": self.limit, "asyncpg": asyncpg.__version__}

@@ -36,16 +36,21 @@ __all__ = [
     "TOO_MANY_CONNECTIONS",
     "BIG_TIMEOUT",
     "CURRENT_RECORD",
+    "KEYED_TABLE",
     "PoolTimeoutError",
     "QuerySpec",
     "Record",
     "RunContext",
     "SyncDriver",
     "classify",
+    "failed",
 ]
 
 #: SQLSTATE of "sorry, too many clients already" / "remaining connection slots are reserved".
 TOO_MANY_CONNECTIONS = "53300"
+
+#: The keyed path's table: one row per key, ``(key int, version bigint)``.
+KEYED_TABLE = "labs_kv"
 
 #: What a scenario's ``inf`` timeout becomes for libraries that need a number
 #: (threading waits accept at most threading.TIMEOUT_MAX): about 11 days.
@@ -73,6 +78,15 @@ class Record:
     connect_s: float = 0.0  # seconds this request itself spent opening connections
     sqlstate: str | None = None
     error: str | None = None
+    # -- the keyed request path (labs/access.py): cache, replicas, versions --
+    key: int = -1  # the key read or written (-1: the plain path, no key)
+    write: bool = False
+    client: int = -1  # who sent it (closed-loop client, or open-loop user; -1: nobody)
+    newest: int = 0  # newest version committed on the primary when the request began
+    version: int | None = None  # the version read (or written)
+    source: str | None = None  # "cache", "coalesced", "primary" or "replica<i>"
+    cache_error: bool = False  # a Redis call failed: the read fell back to the database
+    failover: bool = False  # its replica failed: the read went to the primary
 
 
 #: The request the current thread or asyncio task is serving (set by ``serve``).
@@ -104,6 +118,48 @@ class QuerySpec:
         """The query's parameters: ``(argument(service),)``, or none for ``select_one``."""
         return () if self.select_one else (self.argument(service),)
 
+    def keyed_sql(self, write: bool, style: str) -> str:
+        """The keyed path's statement, with placeholders for ``key`` and ``arg``.
+
+        A read returns the key's version as of the statement's start (its
+        snapshot) and then does the service time's work, in one statement::
+
+            SELECT (SELECT version FROM labs_kv WHERE key = :key), pg_sleep(:arg)
+
+        A write does the work first and then bumps the version, so the row
+        lock is held only from the update to the commit, not for the whole
+        service time (hot keys would otherwise serialise their writers)::
+
+            WITH work AS MATERIALIZED (SELECT pg_sleep(:arg))
+            UPDATE labs_kv SET version = version + 1 FROM work
+            WHERE key = :key RETURNING version
+
+        Parameters: ``{"key": k, "arg": a}`` for 'pyformat' and 'named',
+        ``(k, a)`` for 'dollar' (see :meth:`keyed_params`).
+        """
+        key, arg = {
+            "pyformat": ("%(key)s", "%(arg)s"),
+            "named": (":key", ":arg"),
+            "dollar": ("$1", "$2"),
+        }[style]
+        if self.cpu_bound:
+            cast = "::int" if style == "dollar" else ""
+            work = f"(SELECT count(*) FROM (SELECT generate_series(1, {arg}{cast})) AS s)"
+        else:
+            work = f"pg_sleep({arg})"
+        if write:
+            return (
+                f"WITH work AS MATERIALIZED (SELECT {work}) "
+                f"UPDATE {KEYED_TABLE} SET version = version + 1 FROM work "
+                f"WHERE key = {key} RETURNING version"
+            )
+        return f"SELECT (SELECT version FROM {KEYED_TABLE} WHERE key = {key}), {work}"
+
+    def keyed_params(self, style: str, key: int, service: float) -> dict | tuple:
+        """The parameters of :meth:`keyed_sql` for ``key`` and ``service`` seconds."""
+        arg = self.argument(service)
+        return (key, arg) if style == "dollar" else {"key": key, "arg": arg}
+
     def sql(self, style: str) -> str:
         """The statement with a placeholder in ``style``: 'pyformat', 'named' or 'dollar'."""
         if self.select_one:
@@ -131,6 +187,26 @@ class RunContext:
     connect_durations: list[float] = field(default_factory=list)
     #: set when the run is being wound down: requests still queued skip their query
     stopping: threading.Event = field(default_factory=threading.Event)
+    #: contexts of the run's other databases (replicas): same clock and logs
+    children: list[RunContext] = field(default_factory=list, repr=False)
+
+    def for_database(self, dsn: str) -> RunContext:
+        """A context for another database of the same run (a replica's pool).
+
+        It shares this one's clock, connect logs and stop flag, so connects to
+        any database count once, in one frame of time.
+        """
+        child = RunContext(
+            dsn=dsn,
+            application_name=self.application_name,
+            query=self.query,
+            t0=self.t0,
+            connects=self.connects,
+            connect_durations=self.connect_durations,
+            stopping=self.stopping,
+        )
+        self.children.append(child)
+        return child
 
     def restart_clock(self) -> None:
         """Make "now" time zero; times already logged move to the new frame (negative)."""
@@ -138,6 +214,8 @@ class RunContext:
         shift = t0 - self.t0
         self.connects[:] = [t - shift for t in self.connects]
         self.t0 = t0
+        for child in self.children:
+            child.t0 = t0
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
@@ -235,6 +313,10 @@ class SyncDriver:
     def execute(self, handle, arg) -> None:
         raise NotImplementedError
 
+    def execute_keyed(self, handle, write: bool, key: int, service: float) -> int:
+        """The keyed statement (QuerySpec.keyed_sql); commits a write; returns the version."""
+        raise NotImplementedError
+
     def release(self, handle, ok: bool) -> None:
         raise NotImplementedError
 
@@ -247,27 +329,50 @@ class SyncDriver:
         ctx = self.ctx
         rec.started = ctx.now()
         CURRENT_RECORD.set(rec)
+        try:
+            self.call(rec, None)
+            rec.outcome = OK
+        except Exception as exc:  # noqa: BLE001 - every failure is a measured outcome
+            failed(rec, exc)
+        rec.finished = ctx.now()
+        return rec.outcome == OK
+
+    def call(self, rec: Record, write: bool | None) -> int | None:
+        """One database call: checkout, statement, release; fills ``rec``'s times.
+
+        ``write`` None runs the plain statement; True/False the keyed write or
+        read of ``rec.key`` (labs/access.py), whose version is returned.  A
+        failure is raised after the connection has been given back.
+        """
+        ctx = self.ctx
         handle = None
         try:
-            handle, rec.waited = self.checkout()
+            handle, waited = self.checkout()
+            rec.waited = rec.waited or waited
             rec.got = ctx.now()
-            if not ctx.stopping.is_set():
-                self.execute(handle, ctx.query.argument(rec.service))
-                rec.query_done = ctx.now()
-            else:
+            if ctx.stopping.is_set():
                 raise RuntimeError("run stopped before the query was sent")
+            if write is None:
+                version = None
+                self.execute(handle, ctx.query.argument(rec.service))
+            else:
+                version = self.execute_keyed(handle, write, rec.key, rec.service)
+            rec.query_done = ctx.now()
             h, handle = handle, None
             self.release(h, True)
             rec.released = ctx.now()
-            rec.outcome = OK
-        except Exception as exc:  # noqa: BLE001 - every failure is a measured outcome
-            rec.outcome, rec.sqlstate = classify(exc)
-            rec.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            return version
+        except BaseException:
             if handle is not None:
                 try:
                     self.release(handle, False)
                 except Exception:  # noqa: BLE001
                     pass
                 rec.released = ctx.now()
-        rec.finished = ctx.now()
-        return rec.outcome == OK
+            raise
+
+
+def failed(rec: Record, exc: BaseException) -> None:
+    """Record ``exc`` as the request's outcome (see :func:`classify`)."""
+    rec.outcome, rec.sqlstate = classify(exc)
+    rec.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]

@@ -21,6 +21,7 @@ class NoPoolDriver(SyncDriver):
         # No client-side limit; size the threads from the server's limit.
         self.limit = scenario.database.max_connections
         self._sql = ctx.query.sql("pyformat")
+        self._keyed = {w: ctx.query.keyed_sql(w, "pyformat") for w in (False, True)}
         self._kwargs = connect_kwargs(ctx)
 
     def open(self) -> None:
@@ -38,6 +39,11 @@ class NoPoolDriver(SyncDriver):
         with conn.cursor() as cur:
             cur.execute(self._sql, (arg,))
             cur.fetchall()
+
+    def execute_keyed(self, conn, write: bool, key: int, service: float) -> int:
+        with conn.cursor() as cur:  # autocommit: a write is committed when this returns
+            cur.execute(self._keyed[write], self.ctx.query.keyed_params("pyformat", key, service))
+            return int(cur.fetchone()[0])
 
     def release(self, conn, ok: bool) -> None:
         conn.close()

@@ -24,6 +24,7 @@ class Psycopg2Driver(SyncDriver):
         super().__init__(scenario, ctx)
         self.limit = self.config.maxconn
         self._sql = ctx.query.sql("pyformat")
+        self._keyed = {w: ctx.query.keyed_sql(w, "pyformat") for w in (False, True)}
         self.pool: psycopg2.pool.ThreadedConnectionPool | None = None
 
     def open(self) -> None:
@@ -46,6 +47,14 @@ class Psycopg2Driver(SyncDriver):
         with conn.cursor() as cur:
             cur.execute(self._sql, (arg,))
             cur.fetchall()
+
+    def execute_keyed(self, conn, write: bool, key: int, service: float) -> int:
+        with conn.cursor() as cur:
+            cur.execute(self._keyed[write], self.ctx.query.keyed_params("pyformat", key, service))
+            version = cur.fetchone()[0]
+        if write and not conn.autocommit:
+            conn.commit()
+        return int(version)
 
     def release(self, conn, ok: bool) -> None:
         self.pool.putconn(conn, close=not ok and conn.closed != 0)

@@ -47,6 +47,7 @@ class PsycopgPoolDriver(SyncDriver):
         c = self.config
         self.limit = c.effective_max_size
         self._sql = ctx.query.sql("pyformat")
+        self._keyed = {w: ctx.query.keyed_sql(w, "pyformat") for w in (False, True)}
         self.pool: psycopg_pool.ConnectionPool | None = None
 
     def open(self) -> None:
@@ -89,6 +90,17 @@ class PsycopgPoolDriver(SyncDriver):
             conn.rollback()
             raise
         conn.commit()
+
+    def execute_keyed(self, conn, write: bool, key: int, service: float) -> int:
+        # As execute(): commit on success (a write's version is then committed).
+        params = self.ctx.query.keyed_params("pyformat", key, service)
+        try:
+            version = conn.execute(self._keyed[write], params).fetchone()[0]
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+        return int(version)
 
     def release(self, conn, ok: bool) -> None:
         self.pool.putconn(conn)

@@ -46,6 +46,7 @@ class SQLAlchemyDriver(SyncDriver):
         self.limit = 64 if unlimited else c.pool_size + c.max_overflow
         self.engine: sqlalchemy.Engine | None = None
         self._sql = text(ctx.query.sql("named"))
+        self._keyed = {w: text(ctx.query.keyed_sql(w, "named")) for w in (False, True)}
 
     def open(self) -> None:
         c = self.config
@@ -91,6 +92,14 @@ class SQLAlchemyDriver(SyncDriver):
 
     def execute(self, conn, arg) -> None:
         conn.execute(self._sql, {"arg": arg}).fetchall()
+
+    def execute_keyed(self, conn, write: bool, key: int, service: float) -> int:
+        version = conn.execute(
+            self._keyed[write], self.ctx.query.keyed_params("named", key, service)
+        ).scalar()
+        if write:
+            conn.commit()  # the new version is committed once this returns
+        return int(version)
 
     def release(self, conn, ok: bool) -> None:
         conn.close()

@@ -202,14 +202,19 @@ def _pool_limit(pool) -> int:
 
 
 def calibrate_client(scenario, dsn: str, network_rtt: float, *,
-                     admin_dsn: str | None = None) -> ClientCalibration:
+                     admin_dsn: str | None = None,
+                     first_query_extra: float = 0.0) -> ClientCalibration:
     """Measure the client's costs with ``scenario``'s pool library at light load.
 
     Runs the scenario's own pool (same library and settings, same query kind)
     for :data:`CLIENT_SECONDS` at :func:`client_rate`, an open loop with the
     scenario's service times, through the live executor.  ``network_rtt`` is
     the round trip simlib will charge per query (calibrated rtt + query
-    overhead), subtracted from each hold so it is not counted twice.
+    overhead), subtracted from each hold so it is not counted twice; so is a
+    pre-ping's, from the dispatch.  ``first_query_extra`` is what a new
+    backend's first query costs beyond a later one: the calibrated connect
+    times already carry it, so a request that opened its own connection (every
+    request without a pool) has it taken off its hold.
     """
     from labs.executor import run_live
 
@@ -228,7 +233,9 @@ def calibrate_client(scenario, dsn: str, network_rtt: float, *,
     result = run_live(light, dsn, admin_dsn=admin_dsn, drain_limit=10.0)
     start, end = light.workload.warmup, light.workload.warmup + light.workload.duration
     dispatch, hold = client_samples(result.records, start, end,
-                                    charged_round_trips(scenario.pool, network_rtt))
+                                    charged_round_trips(scenario.pool, network_rtt),
+                                    checkout=charged_checkout(scenario.pool, network_rtt),
+                                    first_query=first_query_extra)
     if not dispatch:
         raise RuntimeError("calibrate_client: no request of the calibration run succeeded")
     return ClientCalibration(scenario.pool.kind, rate, dispatch, hold)
@@ -244,16 +251,31 @@ def charged_round_trips(pool, network_rtt: float) -> float:
     return network_rtt * (1 + resets)
 
 
+def charged_checkout(pool, network_rtt: float) -> float:
+    """Seconds simlib charges at the checkout of a connection it did not just open.
+
+    SQLAlchemy's ``pool_pre_ping`` sends one round trip before handing out a
+    pooled connection (not a freshly opened one); simlib.pools.queuepool
+    charges it ``network_rtt``.  The live run's dispatch time contains the
+    real ping, so the client calibration takes this charge off it.
+    """
+    return network_rtt if getattr(pool, "pool_pre_ping", False) else 0.0
+
+
 def client_samples(records, start: float, end: float, charged: float,
-                   cached: bool = False) -> tuple[list[float], list[float]]:
+                   cached: bool = False, *, checkout: float = 0.0,
+                   first_query: float = 0.0) -> tuple[list[float], list[float]]:
     """Per-request client costs in a run's records: (dispatch, hold) samples.
 
     Successful requests scheduled in ``[start, end)`` that used a connection
     (a cache hit has none).  Dispatch only from requests that did not wait
     for the pool (a wait is the pool's doing, not the client's), minus any
-    connect the request paid itself, and not from reads that asked a cache
-    first (``cached``: their Redis ``GET`` is charged as ``hit_time``); hold
-    minus the service time and the ``charged`` round trips.
+    connect the request paid itself or else the ``checkout`` charge (the
+    pre-ping simlib adds to a pooled connection), and not from reads that
+    asked a cache first (``cached``: their Redis ``GET`` is charged as
+    ``hit_time``); hold minus the service time and the ``charged`` round
+    trips, and, for a request that opened its connection, ``first_query``
+    (the cold backend's extra, where the connect times already include it).
     """
     from simlib.metrics import OK
 
@@ -262,9 +284,12 @@ def client_samples(records, start: float, end: float, charged: float,
     for r in records:
         if not (start <= r.scheduled < end) or r.outcome != OK or r.got is None:
             continue
+        opened = r.connect_s > 0
         if not r.waited and not (cached and r.key >= 0 and not r.write):
-            dispatch.append(max(0.0, r.got - r.scheduled - r.connect_s))
-        hold.append(max(0.0, r.released - r.got - r.service - charged))
+            dispatch.append(max(0.0, r.got - r.scheduled - r.connect_s
+                                - (0.0 if opened else checkout)))
+        hold.append(max(0.0, r.released - r.got - r.service - charged
+                        - (first_query if opened else 0.0)))
     return dispatch, hold
 
 

@@ -154,7 +154,7 @@ def run_comparison(
     client = None
     if client_costs:
         client = calibrate_client(scenario, dsn, cal.rtt + cal.query_overhead,
-                                  admin_dsn=admin_dsn)
+                                  admin_dsn=admin_dsn, first_query_extra=cal.first_query_extra)
     keyed = calibrate_keyed(scenario, dsn, replicas, redis_url)
     predicted = predicted_scenario(scenario, cal, client, keyed)
     if replications is not None:

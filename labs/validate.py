@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from labs.calibrate import calibrate, charged_round_trips, client_samples
+from labs.calibrate import calibrate, charged_checkout, charged_round_trips, client_samples
 from labs.compare import Comparison, run_comparison
 from labs.services.discovery import requirements
 from simlib.scenario import Scenario, ScenarioError, load_scenario
@@ -181,9 +181,11 @@ def measured_inputs(comparison: Comparison, cal) -> tuple[dict[str, object], dic
     live = comparison.live
     scenario = comparison.predicted
     w = scenario.workload
-    charged = charged_round_trips(scenario.pool, cal.rtt + cal.query_overhead)
-    dispatch, hold = client_samples(live.records, w.warmup, w.warmup + w.duration, charged,
-                                    cached=scenario.cache is not None)
+    rtt = cal.rtt + cal.query_overhead
+    dispatch, hold = client_samples(live.records, w.warmup, w.warmup + w.duration,
+                                    charged_round_trips(scenario.pool, rtt),
+                                    cached=scenario.cache is not None,
+                                    checkout=charged_checkout(scenario.pool, rtt))
     values: dict[str, object] = {}
     summary: dict[str, float | None] = {
         "connect_ms": _mean_ms(live.connect_durations),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from labs.calibrate import charged_round_trips, client_rate, client_samples
+from labs.calibrate import charged_checkout, charged_round_trips, client_rate, client_samples
 from labs.drivers.common import Record
 from labs.validate import (
     CONNECTS_FLOOR,
@@ -122,6 +122,21 @@ def test_client_samples_subtract_what_simlib_charges():
     dispatch, hold = client_samples(recs, 0.5, 8.0, charged)
     assert dispatch == pytest.approx([0.0003, 0.0003])
     assert hold == pytest.approx([0.0008, 0.0008, 0.0008])
+
+
+def test_client_samples_leave_out_the_pre_ping_and_the_cold_first_query():
+    # Neither is the client's own cost: simlib charges a pre-ping at checkout (network_rtt)
+    # and the calibrated connect times carry a new backend's slower first query.
+    recs = [
+        _rec(0, 1.0, 1.0009, 1.0069, 0.005),  # pooled: dispatch 0.9 ms = 0.3 + a 0.6 ms ping
+        _rec(1, 2.0, 2.0043, 2.0113, 0.005, connect=0.004),  # opened: no ping, cold 1 ms
+    ]
+    dispatch, hold = client_samples(recs, 0.5, 8.0, 0.0002, checkout=0.0006, first_query=0.001)
+    assert dispatch == pytest.approx([0.0003, 0.0003])
+    assert hold == pytest.approx([0.0008, 0.0008])
+    s = load_suite(["light-load"])[0]
+    assert charged_checkout(s.pool, 0.001) == 0.0  # no pre-ping in the suite's pools
+    assert charged_checkout(s.with_values({"pool.pool_pre_ping": True}).pool, 0.001) == 0.001
 
 
 def test_charged_round_trips_and_calibration_rate():

@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv services-deps demo test lint bench bench-harness validate lock clean distclean
+.PHONY: venv services-deps demo test lint lab course bench bench-harness validate lock clean distclean
 
 # .venv with the project (editable) and its dev tools, at the versions pinned in
 # constraints.txt.  Re-done only when pyproject.toml or constraints.txt change.
@@ -24,12 +24,24 @@ demo: venv
 	@mkdir -p results
 	$(PY) -m simlib run scenarios/demo.toml --plot results/demo.png
 
-# The notebooks will join this run later: `$(PY) -m pytest tests --nbval notebooks`.
+# The tests, then every notebook re-executed and compared with its committed outputs
+# (nbval; live cells assert their own tolerance, volatile text is in sanitize.cfg).
 test: venv services-deps
 	$(PY) -m pytest tests
+	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg \
+		-p no:cacheprovider notebooks
 
 lint: venv
 	$(VENV)/bin/ruff check .
+
+# The course in JupyterLab (Jupyter refuses to run as root without --allow-root).
+lab: venv
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
+
+# Every lesson executed in order in a fresh kernel, timed (bench/results/course.json);
+# `make course ARGS=--inplace` also writes the executed notebooks back for committing.
+course: venv services-deps
+	$(PY) bench/bench_course.py $(ARGS)
 
 bench: venv
 	$(PY) bench/bench_speed.py

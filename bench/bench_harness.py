@@ -94,6 +94,18 @@ below it (at most two confirmations; a rate still unconfirmed is reported as
 such and gives no ratio).  The harness figure is the highest confirmed
 nominal rate; its measured throughput is shown beside it.
 
+More than one process
+---------------------
+``--processes P`` adds a search in which the same harness runs as ``P``
+processes sharing one schedule (labs.loadgen's ``share``: process ``k``
+issues the requests whose index is ``k`` modulo ``P``, from one time zero),
+each with its own asyncpg pool holding its part of the ``N`` connections, so
+the server sees the same ``N`` connections and the same arrivals; their
+records are merged and judged by the same criterion, and their CPU is added
+up.  That is how a load generator gets past one interpreter's CPU (and GIL);
+the price is that one request's pool wait is only within its own process's
+pool.
+
 Caveats
 -------
 Client and server share the machine's cores (2 here): pgbench's two threads
@@ -111,6 +123,7 @@ Usage::
     python bench/bench_harness.py --connections 16
     python bench/bench_harness.py --reset-variant    # also with asyncpg's reset query
     python bench/bench_harness.py --extended-protocol  # SELECT 1 via fetch, not execute
+    python bench/bench_harness.py --processes 2      # also split over 2 processes (+1 min)
     python bench/bench_harness.py --quick            # smoke run, about 35 s
     python bench/bench_harness.py --check            # exit 1 if the ratio is below 0.3
 """
@@ -123,6 +136,7 @@ import datetime as dt
 import gc
 import json
 import math
+import multiprocessing
 import os
 import platform
 import re
@@ -132,6 +146,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -237,12 +252,14 @@ def _pct(values: np.ndarray, q: float) -> float | None:
     return float(np.percentile(values, q)) if values.size else None
 
 
-def harness_trial(
-    dsn: str, rate: float, connections: int, reset: bool, crit: Criterion, simple: bool = True
+def _trial_part(
+    dsn: str, rate: float, connections: int, reset: bool, crit: Criterion, simple: bool,
+    share: tuple[int, int] | None = None, start_at: float | None = None,
 ) -> dict[str, Any]:
-    """Run the harness once at ``rate`` and measure it (window metrics + CPU).
+    """Run the harness once at ``rate`` (or one ``share`` of it) in this process.
 
-    ``simple``: SELECT 1 with ``conn.execute`` (simple protocol), else ``conn.fetch``.
+    Returns the records, this process's CPU seconds and wall span from time
+    zero to the end, and the garbage collector's pauses.
     """
     scenario = harness_scenario(rate, connections, reset, crit)
     query = QuerySpec(select_one=True)
@@ -268,18 +285,61 @@ def harness_trial(
     gc.callbacks.append(on_gc)
     try:
         records, facts = run_async(
-            driver, ctx, scenario, drain_limit=crit.drain_limit_s, on_start=on_start
+            driver, ctx, scenario, drain_limit=crit.drain_limit_s, on_start=on_start,
+            share=share, start_at=start_at,
         )
     finally:
         gc.callbacks.remove(on_gc)
-    wall = time.perf_counter() - marks["wall"]
-    cpu = time.process_time() - marks["cpu"]
-    host = _rate(marks["host"], host_busy_seconds(), wall)
+    return {
+        "records": records,
+        "facts": facts,
+        "t0": marks["wall"],
+        "t_end": time.perf_counter(),
+        "cpu_s": time.process_time() - marks["cpu"],
+        "host_start": marks["host"],
+        "pauses": pauses,
+    }
+
+
+def _warm(_: int) -> int:
+    """Nothing: makes a worker process import this module before the first trial."""
+    return os.getpid()
+
+
+def harness_trial(
+    dsn: str, rate: float, connections: int, reset: bool, crit: Criterion, simple: bool = True,
+    workers: Any = None, processes: int = 1,
+) -> dict[str, Any]:
+    """Run the harness once at ``rate`` and measure it (window metrics + CPU).
+
+    ``simple``: SELECT 1 with ``conn.execute`` (simple protocol), else ``conn.fetch``.
+    ``processes`` > 1 (with ``workers``, a process pool of that size): the one
+    schedule is split over that many processes (labs.loadgen's ``share``),
+    each with its own asyncpg pool holding its part of the ``connections``,
+    all starting at one time zero; their records are merged and their CPU
+    added up.
+    """
+    if processes <= 1:
+        parts = [_trial_part(dsn, rate, connections, reset, crit, simple)]
+    else:
+        start_at = time.perf_counter() + 1.0  # time for every process to open its pool
+        sizes = [connections // processes + (k < connections % processes)
+                 for k in range(processes)]
+        futures = [workers.submit(_trial_part, dsn, rate, sizes[k], reset, crit, simple,
+                                  (k, processes), start_at) for k in range(processes)]
+        parts = [f.result() for f in futures]
+    records = [r for part in parts for r in part["records"]]
+    t0 = min(part["t0"] for part in parts)
+    wall = max(part["t_end"] for part in parts) - t0
+    cpu = sum(part["cpu_s"] for part in parts)
+    host = _rate(parts[0]["host_start"], host_busy_seconds(), wall)
+    pauses = [x for part in parts for x in part["pauses"]]
     t = window_metrics(records, crit.warmup_s, crit.warmup_s + crit.window_s)
     t.update(
         rate=rate,
         reset_on_return=reset,
-        drain_limit_hit=facts["drain_limit_hit"],
+        processes=processes,
+        drain_limit_hit=any(part["facts"]["drain_limit_hit"] for part in parts),
         run_s=wall,
         client_cores=cpu / wall,
         host_busy_cores=host,
@@ -619,7 +679,7 @@ def report(doc: dict[str, Any]) -> str:
         f"{'':<34} {'sustained':>9} {'/ tps':>11}",
     ]
     for name, s in doc["harness"].items():
-        label = f"harness asyncpg, {name} (open loop)"
+        label = f"harness, {name}"
         best = s.get("best_trial")
         if best is None:
             lines.append(f"{label:<34} {'none sustained':>9}")
@@ -681,6 +741,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extended-protocol", action="store_true",
                    help="send SELECT 1 with asyncpg's fetch (Bind/Execute/Sync, as the "
                    "lessons' queries) instead of execute (simple protocol)")
+    p.add_argument("--processes", type=int, default=1, metavar="P",
+                   help="also search with the schedule split over P load-generator processes "
+                   "(each with its share of the connections); default 1: one process only")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 2 s windows, 3 s pgbench, 10%% precision, no reset variant")
     p.add_argument("--json-out", type=Path, help="default bench/results/harness.json "
@@ -691,6 +754,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.connections < 1:
         p.error("--connections must be >= 1")
+    if not 1 <= args.processes <= args.connections:
+        p.error(f"--processes must be between 1 and --connections ({args.connections})")
     if args.quick:
         args.window, args.warmup, args.pgbench_seconds = 2.0, 0.5, 3
         args.precision, args.reset_variant = 0.10, False
@@ -733,6 +798,21 @@ def main(argv: list[str] | None = None) -> int:
                 args.start_rate,
                 args.precision,
             )
+        if args.processes > 1:
+            k = args.processes
+            name = f"no reset, {k} processes"
+            print(f"harness, {k} processes sharing one schedule, asyncpg pools of "
+                  f"{n // k}..{-(-n // k)} ({n} connections), no reset on release:", flush=True)
+            spawn = multiprocessing.get_context("spawn")  # no forked copy of this process's loop
+            with ProcessPoolExecutor(max_workers=k, mp_context=spawn) as workers:
+                for _ in workers.map(_warm, range(k)):  # imports done before any clock starts
+                    pass
+                harness[name] = search(
+                    lambda rate: harness_trial(svc.primary, rate, n, False, crit, simple,
+                                               workers=workers, processes=k),
+                    args.start_rate,
+                    args.precision,
+                )
         machine["load_average_at_end"] = list(os.getloadavg())
 
     best = harness["no reset"]["best_rps"]
@@ -754,6 +834,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "reset" in harness:
         ratios["reset / pgbench -S"] = ratio(harness["reset"]["best_rps"], "-S")
+    if args.processes > 1:
+        split = harness[f"no reset, {args.processes} processes"]["best_rps"]
+        ratios[f"no reset, {args.processes} processes / pgbench -S"] = ratio(split, "-S")
     headline = ratios["no reset / pgbench -S (headline)"]
     doc = {
         "benchmark": "bench_harness",

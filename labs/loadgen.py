@@ -24,6 +24,14 @@ their query, and the executor cancels what still runs on the server.
 
 Service times come from simlib's "service" stream in arrival order.
 
+**One run over several processes.**  One Python process can only keep so
+many requests on schedule (its CPU, and the GIL).  :func:`run_async` can run
+one *share* of an open-loop run: with ``share=(k, n)`` the process walks the
+whole schedule (the same arrival and service times) but issues only the
+requests whose index is ``k`` modulo ``n``, and ``start_at`` gives all
+processes one time zero; the caller merges their records.  The harness
+benchmark uses it (bench/bench_harness.py ``--processes``).
+
 **Event loop.**  :func:`run_async` (the asyncpg scenarios) runs on uvloop, a
 libuv-based drop-in replacement for asyncio's loop, when it is installed (it
 is a project dependency), and on asyncio's standard loop otherwise or when
@@ -354,13 +362,25 @@ def run_async(
     progress: bool = False,
     on_stop: Callable[[], None] | None = None,
     on_start: Callable[[], None] | None = None,
+    share: tuple[int, int] | None = None,
+    start_at: float | None = None,
 ) -> tuple[list[Record], dict]:
     """Drive the asyncpg driver on a fresh event loop (opens and closes it too).
 
     The loop is uvloop's when available (see the module docstring,
     :func:`event_loop_name`).  ``on_start`` is called once the pool is open
-    and the clock restarted.
+    and the clock restarted.  ``share=(k, n)``: issue only the open-loop
+    requests whose index is ``k`` modulo ``n``; ``start_at``: the
+    ``time.perf_counter()`` value that is time zero (the pool is opened
+    before it), so that ``n`` processes run one schedule together.
     """
+    if share is not None:
+        k, n = share
+        if scenario.workload.kind != "open" or not 0 <= k < n:
+            raise ValueError(f"share={share}: only an open loop can be shared, "
+                             "as k of n (0 <= k < n)")
+        if getattr(driver, "assign", None) is not None:
+            raise ValueError("share: the keyed path draws keys in arrival order; run it whole")
     with _Collector() as collector, asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         return runner.run(
             _run_async(
@@ -372,12 +392,15 @@ def run_async(
                 on_stop=on_stop,
                 on_start=on_start,
                 collector=collector,
+                share=share,
+                start_at=start_at,
             )
         )
 
 
 async def _run_async(
-    driver, ctx, scenario, *, drain_limit, progress, on_stop, on_start, collector
+    driver, ctx, scenario, *, drain_limit, progress, on_stop, on_start, collector,
+    share=None, start_at=None,
 ):
     w = scenario.workload
     start, end = w.warmup, w.warmup + w.duration
@@ -388,9 +411,12 @@ async def _run_async(
     bar = _Progress(progress, ctx, end)
     limit_hit = False
     await driver.open()
-    ctx.restart_clock()
+    if start_at is not None:
+        await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
+    ctx.restart_clock(start_at)
     if on_start is not None:
         on_start()
+    mine, of = share if share is not None else (0, 1)
     tasks: set[asyncio.Task] = set()
     loop = asyncio.get_running_loop()
 
@@ -424,6 +450,10 @@ async def _run_async(
                     if now() >= end + drain_limit:
                         limit_hit = True
                         break
+                if of > 1:
+                    drawn = service()  # every request's draw, to keep the stream in step
+                    if i % of != mine:
+                        continue
                 if t >= collector.next:  # also when late and not sleeping
                     collector.tick(t)
                 delay = t - now()
@@ -434,7 +464,7 @@ async def _run_async(
                     if progress:
                         bar.tick(records)
                     await asyncio.sleep(delay)
-                rec = Record(i, t, service())
+                rec = Record(i, t, drawn if of > 1 else service())
                 if assign is not None:
                     assign(rec)
                 records.append(rec)

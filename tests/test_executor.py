@@ -327,3 +327,42 @@ def test_closed_loop(kind):
     expected = 4 / (0.02 + m["latency_mean_ms"] / 1000.0)
     assert m["throughput_rps"] == pytest.approx(expected, rel=0.2)
     assert m["in_flight_mean"] <= 4 + 1e-9
+
+
+@live
+@pytest.mark.live
+def test_an_open_loop_split_over_two_loops_runs_one_schedule():
+    # labs.loadgen's share=(k, n): each of n processes (two threads here, each with
+    # its own event loop and asyncpg pool) issues every n-th request of the *same*
+    # schedule from one time zero; together they are the whole run.
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from labs.drivers.asyncpg_pool import AsyncpgDriver
+    from labs.drivers.common import OK, RunContext
+    from labs.loadgen import run_async
+
+    s = scenario({"kind": "asyncpg", "min_size": 2, "max_size": 2}, rate=150.0, duration=1.5)
+
+    def part(share, start_at):
+        ctx = RunContext(dsn=DSN, application_name="labs-test-share", query=QuerySpec())
+        return run_async(AsyncpgDriver(s, ctx), ctx, s, drain_limit=5.0,
+                         share=share, start_at=start_at)[0]
+
+    start_at = time.perf_counter() + 1.0
+    with ThreadPoolExecutor(2) as threads:
+        parts = list(threads.map(part, [(0, 2), (1, 2)], [start_at, start_at]))
+    whole = part(None, None)
+    by_index = {r.index: r for r in whole}
+    assert {r.index % 2 for r in parts[0]} == {0} and {r.index % 2 for r in parts[1]} == {1}
+    merged = sorted((r for p in parts for r in p), key=lambda r: r.index)
+    window = [r for r in merged if r.scheduled < s.workload.warmup + s.workload.duration]
+    assert [r.index for r in window] == [i for i in sorted(by_index)
+                                         if by_index[i].scheduled < 2.0]
+    for r in window:  # the same arrival and service time as the whole run's request
+        assert r.scheduled == by_index[r.index].scheduled
+        assert r.service == by_index[r.index].service
+        assert r.outcome == OK
+        assert r.started - r.scheduled < 0.5  # one time zero: no part started a second late
+    with pytest.raises(ValueError, match="only an open loop"):
+        part((2, 2), None)

@@ -208,9 +208,14 @@ class RunContext:
         self.children.append(child)
         return child
 
-    def restart_clock(self) -> None:
-        """Make "now" time zero; times already logged move to the new frame (negative)."""
-        t0 = time.perf_counter()
+    def restart_clock(self, at: float | None = None) -> None:
+        """Make "now" time zero; times already logged move to the new frame (negative).
+
+        ``at``: a ``time.perf_counter()`` value to use as time zero instead of
+        now.  perf_counter is the system's monotonic clock on Linux, the same
+        in every process, so processes that share one run share its frame.
+        """
+        t0 = time.perf_counter() if at is None else at
         shift = t0 - self.t0
         self.connects[:] = [t - shift for t in self.connects]
         self.t0 = t0

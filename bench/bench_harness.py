@@ -161,7 +161,7 @@ import numpy as np  # noqa: E402
 
 from labs.drivers.asyncpg_pool import AsyncpgDriver  # noqa: E402
 from labs.drivers.common import OK, QuerySpec, Record, RunContext  # noqa: E402
-from labs.executor import host_busy_seconds  # noqa: E402
+from labs.executor import host_busy_seconds, json_safe  # noqa: E402
 from labs.loadgen import event_loop_factory, event_loop_name, run_async  # noqa: E402
 from labs.services import find_bindir, throwaway  # noqa: E402
 from labs.services.postgres import query_one  # noqa: E402
@@ -707,17 +707,6 @@ def report(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _clean(x: Any) -> Any:
-    """Strict JSON: non-finite floats become None."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 # ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
@@ -866,7 +855,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_json:
         default = "harness-quick.json" if args.quick else "harness.json"
         path = args.json_out or ROOT / "bench" / "results" / default
-        atomic_write_text(path, json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n")
+        atomic_write_text(path, json.dumps(json_safe(doc), indent=2, allow_nan=False) + "\n")
         print(f"wrote {path}")
     return 1 if args.check and not doc["meets_goal"] else 0
 

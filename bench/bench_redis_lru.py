@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
 import platform
 import sys
@@ -45,6 +44,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing the pack
 import redis  # noqa: E402
 
 from labs.cache_memory import bytes_per_key, lru_experiment  # noqa: E402
+from labs.executor import json_safe  # noqa: E402
 from labs.services import ServiceError, start_redis  # noqa: E402
 from simlib.files import atomic_write_text  # noqa: E402
 
@@ -111,17 +111,6 @@ def report(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _clean(x: Any) -> Any:
-    """Strict JSON: tuples become lists, non-finite floats None."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -178,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(report(doc))
     print(f"elapsed {doc['elapsed_s']:.0f} s")
-    atomic_write_text(path, json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(json_safe(doc), indent=2, allow_nan=False) + "\n")
     print(f"wrote {path}")
     return 0
 

@@ -31,7 +31,6 @@ import builtins
 import contextlib
 import math
 import time
-import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -204,7 +203,9 @@ class Lab:
         """
         if isinstance(checks, Mapping):
             checks = _tolerance_checks(checks)
-        for attempt in range(1, attempts + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             cmp = self.compare(s, **kw)
             lag = cmp.live.metrics["scheduler_lag_p99_ms"]
             try:
@@ -222,7 +223,6 @@ class Lab:
                 for e in cmp.live.details.get("errors_top", [])[:2]:
                     print(f"  {e['count']} x {e['error'][:120]}")
                 time.sleep(3 * attempt)  # let a neighbour's burst pass
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def close(self) -> None:
         """Stop the servers this Lab started (safe to call twice)."""
@@ -273,9 +273,7 @@ def what_if(comparison: Any) -> tuple[SimulationResult, dict]:
     """
     from labs.validate import measured_inputs
 
-    cal = comparison.document["calibration"]
-    values, inputs = measured_inputs(
-        comparison, types.SimpleNamespace(rtt=cal["rtt"], query_overhead=cal["query_overhead"]))
+    values, inputs = measured_inputs(comparison)
     return simulate(comparison.predicted.with_values(values)), inputs
 
 

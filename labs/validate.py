@@ -169,19 +169,22 @@ def _mean_ms(xs: Sequence[float]) -> float | None:
     return statistics.fmean(xs) * 1e3 if xs else None
 
 
-def measured_inputs(comparison: Comparison, cal) -> tuple[dict[str, object], dict]:
+def measured_inputs(comparison: Comparison) -> tuple[dict[str, object], dict]:
     """The machine inputs as they were *during* the live run, for the what-if.
 
     Returns ``(values for Scenario.with_values, summary)``: connect times the
     run's own connects took, and the client's dispatch and hold costs read
     from its records the same way :func:`labs.calibrate.calibrate_client`
-    reads them from its light-load run.  A new backend's first query is
-    inside the run's hold times here, so the connect samples go without it.
+    reads them from its light-load run (taking off the round trips simlib
+    charges, from the comparison's own calibration).  A new backend's first
+    query is inside the run's hold times here, so the connect samples go
+    without it.
     """
     live = comparison.live
     scenario = comparison.predicted
     w = scenario.workload
-    rtt = cal.rtt + cal.query_overhead
+    cal = comparison.document["calibration"]
+    rtt = cal["rtt"] + cal["query_overhead"]
     dispatch, hold = client_samples(live.records, w.warmup, w.warmup + w.duration,
                                     charged_round_trips(scenario.pool, rtt),
                                     cached=scenario.cache is not None,
@@ -259,7 +262,7 @@ def validate_one(scenario: Scenario, svc, cal, replications: int = REPLICATIONS)
     inputs = {"calibrated": calibrated_inputs(doc)}
     what_if = None
     if any(c["passed"] is False for c in checks):
-        values, inputs["during_run"] = measured_inputs(comparison, cal)
+        values, inputs["during_run"] = measured_inputs(comparison)
         again = simulate(comparison.predicted.with_values(values)).to_json()
         what_if = {
             "inputs": "connect_time, client.dispatch and client.hold measured in the live run",

@@ -31,19 +31,9 @@ import redis
 
 from labs import cache_memory as cm
 from labs.access import cached_value
-from labs.services import ServiceError, start_redis
-from labs.services.redis import find_redis_server
+from labs.services import ServiceError, missing_binaries, start_redis
 
-
-def _missing() -> str | None:
-    try:
-        find_redis_server()
-    except ServiceError as e:
-        return str(e)
-    return None
-
-
-MISSING = _missing()
+MISSING = missing_binaries(postgres=False)
 pytestmark = [
     pytest.mark.live,
     pytest.mark.skipif(MISSING is not None, reason=f"redis-server missing: {MISSING}"),

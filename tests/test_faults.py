@@ -43,7 +43,12 @@ from pathlib import Path
 
 import pytest
 
-from labs.services import ServiceError, find_bindir, find_redis_server, start_primary, start_redis
+from labs.services import (
+    find_bindir,
+    missing_binaries,
+    start_primary,
+    start_redis,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ["scenarios/demo.toml", "--set", "workload.duration=0.5", "--set", "workload.warmup=0.1"]
@@ -54,16 +59,8 @@ ALL_LABS_VARS = ("LABS_PG_PRIMARY", "LABS_PG_REPLICAS", "LABS_REDIS", "LABS_PG_B
 FIX = re.compile(r"; .*\b(correct|start|install|point|unset|export|set|stop)\b")
 
 
-def _missing(find) -> str | None:
-    try:
-        find()
-    except ServiceError as e:
-        return str(e)
-    return None
-
-
-PG_MISSING = _missing(find_bindir)
-REDIS_MISSING = _missing(find_redis_server)
+PG_MISSING = missing_binaries(redis=False)
+REDIS_MISSING = missing_binaries(postgres=False)
 needs_postgres = pytest.mark.skipif(PG_MISSING is not None, reason=f"{PG_MISSING}")
 needs_redis = pytest.mark.skipif(REDIS_MISSING is not None, reason=f"{REDIS_MISSING}")
 

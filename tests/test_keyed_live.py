@@ -26,22 +26,11 @@ import pytest
 from labs.access import REPLICA_RETRY
 from labs.drivers.common import OK
 from labs.executor import run_live
-from labs.services import ServiceError, find_redis_server, throwaway
-from labs.services import postgres as pg_mod
+from labs.services import missing_binaries, throwaway
 from simlib.scenario import parse_scenario
 from simlib.simulation import run_replication
 
-
-def _binaries_missing() -> str | None:
-    try:
-        pg_mod.find_bindir()
-        find_redis_server()
-    except ServiceError as e:
-        return str(e)
-    return None
-
-
-MISSING = _binaries_missing()
+MISSING = missing_binaries()
 pytestmark = [
     pytest.mark.live,
     pytest.mark.skipif(MISSING is not None, reason=f"server binaries missing: {MISSING}"),

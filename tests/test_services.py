@@ -23,6 +23,7 @@ from labs import cli
 from labs.services import (
     ServiceError,
     from_env,
+    missing_binaries,
     processes_in,
     services_for,
     start_primary,
@@ -38,16 +39,7 @@ DEMO = ROOT / "scenarios" / "demo.toml"
 LABS_VARS = ("LABS_PG_PRIMARY", "LABS_PG_REPLICAS", "LABS_REDIS")
 
 
-def _binaries_missing() -> str | None:
-    try:
-        pg_mod.find_bindir()
-        find_redis_server()
-    except ServiceError as e:
-        return str(e)
-    return None
-
-
-MISSING = _binaries_missing()
+MISSING = missing_binaries()
 
 
 @pytest.fixture(autouse=True)
@@ -414,6 +406,10 @@ def test_missing_binaries_say_how_to_install(monkeypatch, tmp_path):
         with pytest.raises(ServiceError) as err:
             find()
         assert f"apt-get install {package}," in str(err.value)  # the one package needed
+    # the same search, as one answer (what live tests skip with)
+    assert "apt-get install redis-server," in missing_binaries(postgres=False)
+    assert "apt-get install postgresql," in missing_binaries(redis=False)
+    assert missing_binaries(postgres=False, redis=False) is None
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ import pytest
 
 from labs.calibrate import charged_checkout, charged_round_trips, client_rate, client_samples
 from labs.drivers.common import Record
+from labs.services import missing_binaries
 from labs.validate import (
     CONNECTS_FLOOR,
     GOALS,
@@ -152,19 +153,8 @@ def test_charged_round_trips_and_calibration_rate():
     assert client_rate(p2) == 150.0  # 30% of 5 connections / 10 ms
 
 
-def _server_binaries() -> str | None:
-    from labs.services import ServiceError, find_bindir, find_redis_server
-
-    try:
-        find_bindir()
-        find_redis_server()
-    except ServiceError as e:
-        return str(e)
-    return None
-
-
 @pytest.mark.live
-@pytest.mark.skipif(_server_binaries() is not None, reason=_server_binaries() or "")
+@pytest.mark.skipif(missing_binaries() is not None, reason=missing_binaries() or "")
 def test_cli_validate_quick(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABS_")}
     env["LABS_STATE_DIR"] = str(tmp_path / "state")

@@ -71,6 +71,23 @@ STATE_VERSION = 1
 # ---------------------------------------------------------------------------
 
 
+def missing_binaries(*, postgres: bool = True, redis: bool = True) -> str | None:
+    """What stops local servers from starting: the missing programs' error, or None.
+
+    The same search :meth:`LocalCluster.start` makes (``LABS_PG_BINDIR`` /
+    PATH / ``pg_config`` / ``/usr/lib/postgresql/*/bin``, ``LABS_REDIS_SERVER``
+    / PATH), without starting anything; live tests skip with this reason.
+    """
+    try:
+        if postgres:
+            find_bindir()
+        if redis:
+            find_redis_server()
+    except ServiceError as exc:
+        return str(exc)
+    return None
+
+
 @dataclass
 class LocalCluster:
     """A primary, its streaming replicas and a Redis, all started by labs."""

@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv services-deps demo test lint lab course bench bench-harness validate lock clean distclean
+.PHONY: venv services-deps demo test lint check golden lab course bench bench-harness validate lock clean distclean
 
 # .venv with the project (editable) and its dev tools, at the versions pinned in
 # constraints.txt.  Re-done only when pyproject.toml or constraints.txt change.
@@ -24,15 +24,29 @@ demo: venv
 	@mkdir -p results
 	$(PY) -m simlib run scenarios/demo.toml --plot results/demo.png
 
-# The tests, then every notebook re-executed and compared with its committed outputs
+# The static checks (lint, types: strict on simlib, and the layers of labs), the
+# tests, then every notebook re-executed and compared with its committed outputs
 # (nbval; live cells assert their own tolerance, volatile text is in sanitize.cfg).
-test: venv services-deps
+test: venv services-deps check
 	$(PY) -m pytest tests
 	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg \
 		-p no:cacheprovider notebooks
 
 lint: venv
 	$(VENV)/bin/ruff check .
+
+# Lint, types (strict on simlib) and the import layers of labs (pyproject.toml).
+check: lint
+	$(PY) -m mypy --strict simlib
+	$(PY) -m mypy labs
+	$(VENV)/bin/lint-imports
+
+# The golden outputs of scenarios/*.toml (tests/test_golden.py compares them);
+# regenerate them only with a change of the models' behaviour that is meant.
+golden: venv
+	@for f in scenarios/*.toml; do n=$$(basename $$f .toml); \
+	  $(PY) -m simlib run $$f --json > scenarios/golden/$$n.json.tmp \
+	  && mv scenarios/golden/$$n.json.tmp scenarios/golden/$$n.json; done
 
 # The course in JupyterLab (Jupyter refuses to run as root without --allow-root).
 lab: venv

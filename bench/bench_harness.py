@@ -22,11 +22,11 @@ What is measured
   whole benchmark and always stopped at the end (normal exit, error, Ctrl-C).
   Always throwaway, never ``LABS_*`` or ``labs services up`` servers, so
   nobody else's load shares it.
-* **Harness**: the real live path, unchanged: :func:`labs.loadgen.run_async`
+* **Harness**: the real live path, unchanged: :func:`labs.loadgen.drive`
   (the open-loop Poisson scheduler, latency from the *scheduled* time)
-  driving :class:`labs.drivers.asyncpg_pool.AsyncpgDriver` with an asyncpg
+  driving :class:`labs.drivers.asyncpg.AsyncpgDriver` with an asyncpg
   pool of ``N`` connections (``min_size = max_size = N``, opened before the
-  clock starts, ``timeout = inf``), on the event loop ``run_async`` uses
+  clock starts, ``timeout = inf``), on the event loop ``drive`` uses
   (uvloop when installed, see labs/loadgen.py).  The query is a plain
   ``SELECT 1`` without a parameter (``QuerySpec(select_one=True)``), which
   the driver sends with ``conn.execute``: asyncpg's simple-protocol path,
@@ -159,10 +159,12 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing the pack
 import asyncpg  # noqa: E402
 import numpy as np  # noqa: E402
 
-from labs.drivers.asyncpg_pool import AsyncpgDriver  # noqa: E402
-from labs.drivers.common import OK, QuerySpec, Record, RunContext  # noqa: E402
-from labs.executor import host_busy_seconds, json_safe  # noqa: E402
-from labs.loadgen import event_loop_factory, event_loop_name, run_async  # noqa: E402
+from labs.drivers.asyncpg import AsyncpgDriver  # noqa: E402
+from labs.host import host_busy_seconds  # noqa: E402
+from labs.json_out import json_safe  # noqa: E402
+from labs.loadgen import drive, event_loop_factory, event_loop_name  # noqa: E402
+from labs.query import QuerySpec  # noqa: E402
+from labs.records import OK, Record, RunContext  # noqa: E402
 from labs.services import find_bindir, throwaway  # noqa: E402
 from labs.services.postgres import query_one  # noqa: E402
 from simlib.files import atomic_write_text  # noqa: E402
@@ -284,7 +286,7 @@ def _trial_part(
     gc.collect()  # the previous trial's records are garbage: do not collect them in this one
     gc.callbacks.append(on_gc)
     try:
-        records, facts = run_async(
+        records, facts = drive(
             driver, ctx, scenario, drain_limit=crit.drain_limit_s, on_start=on_start,
             share=share, start_at=start_at,
         )
@@ -339,7 +341,7 @@ def harness_trial(
         rate=rate,
         reset_on_return=reset,
         processes=processes,
-        drain_limit_hit=any(part["facts"]["drain_limit_hit"] for part in parts),
+        drain_limit_hit=any(part["facts"].drain_limit_hit for part in parts),
         run_s=wall,
         client_cores=cpu / wall,
         host_busy_cores=host,

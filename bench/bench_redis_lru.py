@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing the pack
 import redis  # noqa: E402
 
 from labs.cache_memory import bytes_per_key, lru_experiment  # noqa: E402
-from labs.executor import json_safe  # noqa: E402
+from labs.json_out import json_safe  # noqa: E402
 from labs.services import ServiceError, start_redis  # noqa: E402
 from simlib.files import atomic_write_text  # noqa: E402
 

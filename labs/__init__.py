@@ -1,2 +1,2 @@
-"""Live executor: runs the same scenarios against real Postgres and Redis
-(arrives in a later issue)."""
+"""The live labs: a scenario run on real Postgres and Redis through the real pool
+libraries, and measured with simlib's metrics (README: "The live labs" and "Layout")."""

@@ -1,7 +1,10 @@
 """The keyed request path, live: cache-aside on Redis, read replicas, versions per key.
 
-The live twin of :mod:`simlib.access`, used instead of a driver's plain
-``serve`` when the scenario has a ``[cache]``, ``[replicas]`` or writes.
+The live counterpart of :mod:`simlib.access`, used instead of a driver's plain
+``serve`` when the scenario is keyed (``Scenario.keyed``: a ``[cache]``,
+``[replicas]`` or writes).  It is written once, as steps (:mod:`labs.steps`),
+over any driver: with thread-based drivers it runs on the request's thread
+with redis-py, with asyncio drivers on the event loop with ``redis.asyncio``.
 The data is one table on the primary, ``labs_kv(key, version)``, one row per
 key of the scenario's key space, all at version 0 when the run starts
 (:func:`prepare_table`); streaming replication copies it to the replicas.
@@ -37,9 +40,9 @@ terminated) is retried on the primary (``rec.failover``), and that replica
 is skipped for :data:`REPLICA_RETRY` seconds; after that one read at a time
 probes it again.
 
-Everything a request did is written into its :class:`~labs.drivers.common.Record`
+Everything a request did is written into its :class:`~labs.records.Record`
 (key, write, version, newest, source), and the executor counts the metrics
-from the records with simlib's rules (labs/executor.py).
+from the records with simlib's rules (labs/live_metrics.py).
 """
 
 from __future__ import annotations
@@ -50,28 +53,27 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from typing import Any
 
 import psycopg2
+import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from labs.drivers.common import (
-    CURRENT_RECORD,
-    KEYED_TABLE,
-    OK,
-    TIMEOUT,
-    Record,
-    RunContext,
-    classify,
-    failed,
-)
+from labs.cache_memory import CapacitySetting, apply_capacity, restore_capacity
+from labs.drivers import classify
+from labs.drivers.base import Driver, served
+from labs.query import one
+from labs.records import KEYED_TABLE, TIMEOUT, Record, RunContext
+from labs.steps import Steps
 from simlib.scenario import Scenario
 from simlib.streams import Streams
 
 __all__ = [
     "REPLICA_RETRY",
-    "AsyncKeyedDriver",
     "KeyedDriver",
-    "is_keyed",
+    "cached_value",
     "prepare_table",
     "wait_for_replicas",
 ]
@@ -95,15 +97,6 @@ REDIS_CONNECTIONS = 4
 #: large enough that client buffers moving by some kilobytes shift it by a
 #: few keys, not hundreds (see labs/cache_memory.py).
 VALUE_BYTES = 1024
-
-
-def is_keyed(scenario: Scenario) -> bool:
-    """True when the scenario needs the keyed path (as simlib decides it)."""
-    return (
-        scenario.workload.write_fraction > 0
-        or scenario.cache is not None
-        or scenario.replicas is not None
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -151,7 +144,7 @@ def wait_for_replicas(primary: str, replicas: list[str] | tuple[str, ...], timeo
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("SELECT pg_current_wal_lsn()::text")
-            lsn = cur.fetchone()[0]
+            lsn = one(cur)
     finally:
         conn.close()
     deadline = time.monotonic() + timeout
@@ -162,7 +155,7 @@ def wait_for_replicas(primary: str, replicas: list[str] | tuple[str, ...], timeo
             with conn.cursor() as cur:
                 while True:
                     cur.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,))
-                    if cur.fetchone()[0]:
+                    if one(cur):
                         break
                     if time.monotonic() > deadline:
                         raise TimeoutError(
@@ -175,166 +168,8 @@ def wait_for_replicas(primary: str, replicas: list[str] | tuple[str, ...], timeo
 
 
 # ---------------------------------------------------------------------------
-# What both flavours share: keys, versions, routing, counts
+# The cache: Redis through redis-py, as steps
 # ---------------------------------------------------------------------------
-
-
-class _Replica:
-    """A replica as the router sees it: its driver and whether it is usable."""
-
-    def __init__(self, index: int, driver) -> None:
-        self.index = index
-        self.driver = driver
-        self.down_until = -math.inf  # skipped until then (run-relative seconds)
-        self.probing = False  # one read at a time tries a replica that failed
-        self.failures = 0
-
-
-class _KeyedBase:
-    """Key choice, versions, routing and the cache's settings; no I/O here."""
-
-    def __init__(
-        self,
-        scenario: Scenario,
-        ctx: RunContext,
-        primary,
-        replicas: list,
-        redis_url: str | None,
-    ) -> None:
-        self.scenario = scenario
-        self.ctx = ctx
-        self.primary = primary
-        self.replicas = [_Replica(i, d) for i, d in enumerate(replicas)]
-        self.limit = getattr(primary, "limit", None)
-        self.kind = getattr(primary, "kind", "?")
-        w = scenario.workload
-        # The streams simlib's replication 0 uses, so the live run sees the
-        # same keys and writes in arrival order (keys and writes are drawn in
-        # assign(), which the load generator calls in arrival order).
-        streams = Streams(scenario.seed, 0)
-        self._key = streams.choice("keys", w.popularity.probabilities(w.keys))
-        self._write = streams.uniform("writes")
-        self._routing = streams.uniform("routing")
-        reps = scenario.replicas
-        self._ryw = reps is not None and reps.route_reads == "read_your_writes"
-        self._user = streams.uniform("clients") if self._ryw and w.kind == "open" else None
-        self._lock = threading.Lock()
-        #: key -> newest version whose COMMIT has returned
-        self.versions: dict[int, int] = {}
-        self._last_write: dict[int, float] = {}  # client -> when its last write committed
-        cache = scenario.cache
-        self.cache = cache
-        self.redis_url = redis_url
-        self.prefix = f"l:{uuid.uuid4().hex[:6]}:"
-        self.ttl_ms: int | None = None
-        if cache is not None and math.isfinite(cache.ttl):
-            self.ttl_ms = max(1, round(cache.ttl * 1000.0))
-        self.counts = {"cache_errors": 0, "replica_failures": 0, "coalesced": 0}
-        #: the Redis limit set for ``capacity`` (labs.cache_memory.CapacitySetting)
-        self.capacity = None
-
-    # -- arrival order ----------------------------------------------------------
-    def assign(self, rec: Record) -> None:
-        """Draw the request's key, whether it writes, and (open RYW) its user."""
-        w = self.scenario.workload
-        rec.key = self._key()
-        rec.write = self._write() < w.write_fraction
-        if self._user is not None:
-            rec.client = min(int(self._user() * w.clients), w.clients - 1)
-
-    # -- versions ----------------------------------------------------------------
-    def begin(self, rec: Record) -> None:
-        rec.newest = self.versions.get(rec.key, 0)
-
-    def committed(self, rec: Record, version: int) -> None:
-        with self._lock:
-            if version > self.versions.get(rec.key, 0):
-                self.versions[rec.key] = version
-            if self._ryw:
-                self._last_write[rec.client] = self.ctx.now()
-
-    # -- routing -------------------------------------------------------------------
-    def route(self, rec: Record) -> _Replica | None:
-        """The replica a read goes to, or None for the primary."""
-        reps = self.scenario.replicas
-        if reps is None or reps.route_reads == "primary" or not self.replicas:
-            return None
-        now = self.ctx.now()
-        if self._ryw:
-            wrote = self._last_write.get(rec.client)
-            if wrote is not None and now - wrote < reps.ryw_window:
-                return None
-        n = len(self.replicas)
-        with self._lock:
-            replica = self.replicas[min(int(self._routing() * n), n - 1)]
-            if now < replica.down_until:
-                rec.failover = True
-                return None
-            if replica.failures and now >= replica.down_until:
-                if replica.probing:  # someone is already trying it again
-                    rec.failover = True
-                    return None
-                replica.probing = True
-        return replica
-
-    def replica_ok(self, replica: _Replica) -> None:
-        if replica.failures:
-            with self._lock:
-                replica.failures = 0
-                replica.probing = False
-
-    def replica_failed(self, replica: _Replica, exc: BaseException) -> bool:
-        """A read on ``replica`` failed: True when it should go to the primary instead.
-
-        A pool timeout on a healthy replica is the scenario's own outcome (as
-        in simlib); anything else, or any failure of a replica already known
-        to have failed, takes it out of the routing for REPLICA_RETRY seconds.
-        """
-        with self._lock:
-            known_bad = replica.failures > 0
-            replica.probing = False
-            if self.ctx.stopping.is_set():  # the run is winding down, not a fault
-                return False
-            if classify(exc)[0] == TIMEOUT and not known_bad:
-                return False
-            replica.failures += 1
-            replica.down_until = self.ctx.now() + REPLICA_RETRY
-            self.counts["replica_failures"] += 1
-        return True
-
-    def cache_failed(self, rec: Record) -> None:
-        rec.cache_error = True
-        with self._lock:
-            self.counts["cache_errors"] += 1
-
-    def _key_name(self, key: int) -> str:
-        return f"{self.prefix}{key}"
-
-    def details(self) -> dict:
-        out = dict(self.primary.details())
-        out["keyed"] = {
-            "table": KEYED_TABLE,
-            "redis_prefix": self.prefix if self.cache is not None else None,
-            "replicas": len(self.replicas),
-            **self.counts,
-            "replicas_failed": [r.index for r in self.replicas if r.failures],
-        }
-        return out
-
-
-def _redis_kwargs() -> dict:
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    # No retries: redis-py retries a failed call 3 times with a backoff of up
-    # to seconds by default, which would turn "Redis is down" into seconds
-    # of latency per request instead of an immediate fallback.
-    return {
-        "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
-        "socket_timeout": REDIS_TIMEOUT,
-        "retry": Retry(NoBackoff(), 0),
-        "health_check_interval": 0,
-    }
 
 
 def cached_value(version: int) -> str:
@@ -350,135 +185,288 @@ def _version(value: bytes | str | None) -> int | None:
     return int(value.split(":", 1)[0])
 
 
-def _apply_capacity(scenario: Scenario, redis_url: str, prefix: str):
-    """Bound Redis to the cache's capacity (None when unbounded): labs/cache_memory.py."""
-    cache = scenario.cache
-    if cache is None or cache.capacity is None:
-        return None
-    import redis
-
-    from labs.cache_memory import apply_capacity
-
-    ttl_ms = max(1, round(cache.ttl * 1000.0)) if math.isfinite(cache.ttl) else None
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=1.0, socket_timeout=10.0)
-    try:
-        return apply_capacity(client, cache.capacity, prefix, ttl_ms, value=cached_value(0))
-    finally:
-        client.close()
+def _blocking_client(url: str, timeout: float) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=timeout)
 
 
-def _restore_capacity(redis_url: str, setting) -> None:
-    import redis
+class RedisCache:
+    """The application's cache-aside calls on Redis: ``GET``, ``SET ... PX``, ``DEL``.
 
-    from labs.cache_memory import restore_capacity
+    redis-py for thread-based drivers, ``redis.asyncio`` for asyncio ones: the
+    two clients have the same methods, so every call here is one step that
+    either runner makes.  No retries: redis-py retries a failed call 3 times
+    with a backoff of up to seconds by default, which would turn "Redis is
+    down" into seconds of latency per request instead of an immediate fallback.
+    """
 
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=1.0, socket_timeout=2.0)
-    try:
-        restore_capacity(client, setting)
-    except Exception:  # noqa: BLE001 - Redis may have been stopped (a fault test)
-        pass
-    finally:
-        client.close()
+    def __init__(self, scenario: Scenario, url: str, asynchronous: bool) -> None:
+        cache = scenario.cache
+        assert cache is not None
+        self.scenario = scenario
+        self.url = url
+        self.prefix = f"l:{uuid.uuid4().hex[:6]}:"
+        self.ttl_ms: int | None = None
+        if math.isfinite(cache.ttl):
+            self.ttl_ms = max(1, round(cache.ttl * 1000.0))
+        module: Any = redis.asyncio if asynchronous else redis
+        self.pool = module.BlockingConnectionPool.from_url(
+            url, max_connections=REDIS_CONNECTIONS, timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT, socket_timeout=REDIS_TIMEOUT,
+            retry=Retry(NoBackoff(), 0), health_check_interval=0,
+        )
+        self.client = module.Redis(connection_pool=self.pool)
+        self._close = self.client.aclose if asynchronous else self.client.close
+        #: the Redis limit set for ``[cache] capacity`` (and restored at the end)
+        self.capacity: CapacitySetting | None = None
 
+    def name(self, key: int) -> str:
+        return f"{self.prefix}{key}"
 
-# ---------------------------------------------------------------------------
-# Threads: sqlalchemy, psycopg2, psycopg_pool, none
-# ---------------------------------------------------------------------------
+    def get(self, key: int) -> Steps[int | None]:
+        return _version((yield self.client.get, (self.name(key),)))
 
+    def store(self, key: int, version: int) -> Steps[None]:
+        yield self.client.set, (self.name(key), cached_value(version), None, self.ttl_ms)
 
-class KeyedDriver(_KeyedBase):
-    """The keyed path over thread-based drivers (one per database) and redis-py."""
+    def delete(self, key: int) -> Steps[None]:
+        yield self.client.delete, (self.name(key),)
 
-    def __init__(self, scenario, ctx, primary, replicas, redis_url) -> None:
-        super().__init__(scenario, ctx, primary, replicas, redis_url)
-        self.redis = None
-        self._inflight: dict[int, concurrent.futures.Future] = {}
-
-    def open(self) -> None:
-        if self.cache is not None:
-            import redis
-
-            pool = redis.BlockingConnectionPool.from_url(
-                self.redis_url, max_connections=REDIS_CONNECTIONS, timeout=REDIS_TIMEOUT,
-                **_redis_kwargs(),
-            )
-            self.redis = redis.Redis(connection_pool=pool)
-            # Open every connection now (and have Redis allocate its buffers),
-            # then size maxmemory on top of them.
-            held = [pool.get_connection() for _ in range(REDIS_CONNECTIONS)]
-            for conn in held:
-                conn.send_command("PING")
-                conn.read_response()
-            for conn in held:
-                pool.release(conn)
-            self.capacity = _apply_capacity(self.scenario, self.redis_url, self.prefix)
-        self.primary.open()
-        for r in self.replicas:
-            r.driver.open()
-
-    def close(self) -> None:
-        for d in [*(r.driver for r in self.replicas), self.primary]:
+    def opening(self) -> Steps[None]:
+        """Open every connection now (Redis allocates its buffers), then size maxmemory."""
+        held = []
+        for _ in range(REDIS_CONNECTIONS):
+            held.append((yield self.pool.get_connection, ()))
+        for conn in held:
+            yield conn.send_command, ("PING",)
+            yield conn.read_response, ()
+        for conn in held:
+            yield self.pool.release, (conn,)
+        capacity = self.scenario.cache.capacity  # type: ignore[union-attr]
+        if capacity is not None:
+            # blocking, but before any traffic: the loop has nothing else to do
+            client = _blocking_client(self.url, timeout=10.0)
             try:
-                d.close()
+                self.capacity = apply_capacity(
+                    client, capacity, self.prefix, self.ttl_ms, value=cached_value(0)
+                )
+            finally:
+                client.close()
+
+    def closing(self) -> Steps[None]:
+        """Delete the run's keys, close the client, put Redis's memory limit back."""
+        try:
+            cursor = None
+            while cursor != 0:
+                cursor, names = yield self.client.scan, (cursor or 0, f"{self.prefix}*", 1000)
+                if names:
+                    yield self.client.unlink, tuple(names)
+        except Exception:  # noqa: BLE001 - Redis may be gone (a fault test)
+            pass
+        yield self._close, ()
+        if self.capacity is not None:
+            client = _blocking_client(self.url, timeout=2.0)
+            try:
+                restore_capacity(client, self.capacity)
+            except Exception:  # noqa: BLE001 - Redis may have been stopped (a fault test)
+                pass
+            finally:
+                client.close()
+
+
+# ---------------------------------------------------------------------------
+# Keys, versions, routing
+# ---------------------------------------------------------------------------
+
+
+class _Replica:
+    """A replica as the router sees it: its driver and whether it is usable."""
+
+    def __init__(self, index: int, driver: Driver) -> None:
+        self.index = index
+        self.driver = driver
+        self.down_until = -math.inf  # skipped until then (run-relative seconds)
+        self.probing = False  # one read at a time tries a replica that failed
+        self.failures = 0
+
+
+class _Router:
+    """Key choice, versions and read routing, as simlib draws and decides them; no I/O."""
+
+    def __init__(self, scenario: Scenario, ctx: RunContext, replicas: list[_Replica]) -> None:
+        self.scenario = scenario
+        self.ctx = ctx
+        self.replicas = replicas
+        w = scenario.workload
+        # The streams simlib's replication 0 uses, so the live run sees the
+        # same keys and writes in arrival order (keys and writes are drawn in
+        # assign(), which the load generator calls in arrival order).
+        streams = Streams(scenario.seed, 0)
+        self._key = streams.choice("keys", w.popularity.probabilities(w.keys))
+        self._write = streams.uniform("writes")
+        self._routing = streams.uniform("routing")
+        reps = scenario.replicas
+        self.ryw = reps is not None and reps.route_reads == "read_your_writes"
+        self._user = streams.uniform("clients") if self.ryw and w.kind == "open" else None
+        self.lock = threading.Lock()
+        #: key -> newest version whose COMMIT has returned
+        self.versions: dict[int, int] = {}
+        self._last_write: dict[int, float] = {}  # client -> when its last write committed
+        self.replica_failures = 0
+
+    def assign(self, rec: Record) -> None:
+        """Draw the request's key, whether it writes, and (open RYW) its user."""
+        w = self.scenario.workload
+        rec.key = int(self._key())
+        rec.write = self._write() < w.write_fraction
+        if self._user is not None:
+            rec.client = min(int(self._user() * w.clients), w.clients - 1)
+
+    def committed(self, rec: Record, version: int) -> None:
+        with self.lock:
+            if version > self.versions.get(rec.key, 0):
+                self.versions[rec.key] = version
+            if self.ryw:
+                self._last_write[rec.client] = self.ctx.now()
+
+    def route(self, rec: Record) -> _Replica | None:
+        """The replica a read goes to, or None for the primary."""
+        reps = self.scenario.replicas
+        if reps is None or reps.route_reads == "primary" or not self.replicas:
+            return None
+        now = self.ctx.now()
+        if self.ryw:
+            wrote = self._last_write.get(rec.client)
+            if wrote is not None and now - wrote < reps.ryw_window:
+                return None
+        n = len(self.replicas)
+        with self.lock:
+            replica = self.replicas[min(int(self._routing() * n), n - 1)]
+            if now < replica.down_until:
+                rec.failover = True
+                return None
+            if replica.failures and now >= replica.down_until:
+                if replica.probing:  # someone is already trying it again
+                    rec.failover = True
+                    return None
+                replica.probing = True
+        return replica
+
+    def replica_ok(self, replica: _Replica) -> None:
+        if replica.failures:
+            with self.lock:
+                replica.failures = 0
+                replica.probing = False
+
+    def replica_failed(self, replica: _Replica, exc: BaseException) -> bool:
+        """A read on ``replica`` failed: True when it should go to the primary instead.
+
+        A pool timeout on a healthy replica is the scenario's own outcome (as
+        in simlib); anything else, or any failure of a replica already known
+        to have failed, takes it out of the routing for REPLICA_RETRY seconds.
+        """
+        with self.lock:
+            known_bad = replica.failures > 0
+            replica.probing = False
+            if self.ctx.stopping.is_set():  # the run is winding down, not a fault
+                return False
+            if classify(exc)[0] == TIMEOUT and not known_bad:
+                return False
+            replica.failures += 1
+            replica.down_until = self.ctx.now() + REPLICA_RETRY
+            self.replica_failures += 1
+        return True
+
+
+# ---------------------------------------------------------------------------
+# The keyed request path
+# ---------------------------------------------------------------------------
+
+
+class KeyedDriver:
+    """The keyed path over one driver per database (all of one kind) and Redis.
+
+    It offers what the load generator asks of any driver -- ``asynchronous``,
+    ``limit``, ``opening()``, ``closing()``, ``serve(rec)``, ``details()`` --
+    plus ``assign(rec)``, which draws each request's key in arrival order.
+    """
+
+    def __init__(
+        self, scenario: Scenario, ctx: RunContext, primary: Driver, replicas: list[Driver],
+        redis_url: str | None,
+    ) -> None:
+        self.scenario = scenario
+        self.ctx = ctx
+        self.primary = primary
+        self.kind = primary.kind
+        self.asynchronous = primary.asynchronous
+        self.limit = None if primary.limit is None else primary.limit * (1 + len(replicas))
+        self.router = _Router(scenario, ctx, [_Replica(i, d) for i, d in enumerate(replicas)])
+        self.assign = self.router.assign
+        self.cache: RedisCache | None = None
+        if scenario.cache is not None:
+            if not redis_url:
+                raise ValueError(
+                    "cache: the scenario has a [cache] and needs a Redis URL, got none"
+                )
+            self.cache = RedisCache(scenario, redis_url, self.asynchronous)
+        #: single flight: key -> the future of the read fetching it
+        self._inflight: dict[int, Any] = {}
+        self.counts = {"cache_errors": 0, "coalesced": 0}
+
+    @property
+    def drivers(self) -> list[Driver]:
+        return [self.primary, *(r.driver for r in self.router.replicas)]
+
+    def opening(self) -> Steps[None]:
+        if self.cache is not None:
+            yield from self.cache.opening()
+        for driver in self.drivers:
+            yield driver.open, ()
+
+    def closing(self) -> Steps[None]:
+        for driver in [*self.drivers[1:], self.primary]:
+            try:
+                yield driver.close, ()
             except Exception:  # noqa: BLE001 - a replica stopped mid-run
                 pass
-        if self.redis is not None:
-            try:
-                for batch in _batches(self.redis.scan_iter(f"{self.prefix}*", count=1000)):
-                    self.redis.unlink(*batch)
-            except Exception:  # noqa: BLE001 - Redis may be gone (a fault test)
-                pass
-            self.redis.close()
-            if self.capacity is not None:
-                _restore_capacity(self.redis_url, self.capacity)
+        if self.cache is not None:
+            yield from self.cache.closing()
 
-    def serve(self, rec: Record) -> bool:
-        ctx = self.ctx
-        rec.started = ctx.now()
-        CURRENT_RECORD.set(rec)
-        self.begin(rec)
-        try:
-            if rec.write:
-                self._serve_write(rec)
-            else:
-                self._serve_read(rec)
-            rec.outcome = OK
-        except Exception as exc:  # noqa: BLE001 - every failure is a measured outcome
-            failed(rec, exc)
-        rec.finished = ctx.now()
-        return rec.outcome == OK
+    def serve(self, rec: Record) -> Steps[bool]:
+        rec.newest = self.router.versions.get(rec.key, 0)
+        path = self._serve_write(rec) if rec.write else self._serve_read(rec)
+        return served(self.ctx, rec, path, self.primary.all_timeouts())
 
-    def _serve_read(self, rec: Record) -> None:
-        name = self._key_name(rec.key)
+    def _cache_failed(self, rec: Record) -> None:
+        rec.cache_error = True
+        with self.router.lock:
+            self.counts["cache_errors"] += 1
+
+    def _serve_read(self, rec: Record) -> Steps[None]:
         cache = self.cache
         future = None
         if cache is not None:
             try:
-                value = _version(self.redis.get(name))
+                value = yield from cache.get(rec.key)
             except Exception:  # noqa: BLE001 - redis.RedisError, OSError: fall back
-                self.cache_failed(rec)
+                self._cache_failed(rec)
                 value = None
             if value is not None:
                 rec.source, rec.version = "cache", value
                 return
-            if cache.single_flight:
-                with self._lock:
-                    leader = self._inflight.get(rec.key)
-                    if leader is None:
-                        future = self._inflight[rec.key] = concurrent.futures.Future()
+            if self.scenario.cache.single_flight:  # type: ignore[union-attr]
+                leader, future = self._lead(rec.key)
                 if leader is not None:
                     rec.source = "coalesced"
-                    with self._lock:
-                        self.counts["coalesced"] += 1
-                    rec.version = leader.result()  # raises the leader's failure
+                    rec.version = yield self._follow, (leader,)  # raises the leader's failure
                     return
         try:
-            version = self._read_database(rec)
+            version = yield from self._read_database(rec)
             if cache is not None and not rec.cache_error:
                 try:
-                    self.redis.set(name, cached_value(version), px=self.ttl_ms)
+                    yield from cache.store(rec.key, version)
                 except Exception:  # noqa: BLE001
-                    self.cache_failed(rec)
+                    self._cache_failed(rec)
         except BaseException as exc:
             if future is not None:
                 self._settle(rec.key, future, exc=exc)
@@ -487,210 +475,77 @@ class KeyedDriver(_KeyedBase):
             self._settle(rec.key, future, version=version)
         rec.version = version
 
-    def _settle(self, key: int, future, version: int | None = None, exc=None) -> None:
-        with self._lock:
+    # -- single flight: one fetch per key in flight, the other misses wait for it --
+    def _lead(self, key: int) -> tuple[Any, Any]:
+        """(the leader's future, None) if a fetch of ``key`` is in flight, else (None, ours)."""
+        with self.router.lock:
+            leader = self._inflight.get(key)
+            if leader is not None:
+                self.counts["coalesced"] += 1
+                return leader, None
+            future: Any = (
+                asyncio.get_running_loop().create_future() if self.asynchronous
+                else concurrent.futures.Future()
+            )
+            self._inflight[key] = future
+            return None, future
+
+    def _follow(self, leader: Any) -> Any:
+        """The leader's version: a blocking wait on a thread, an awaitable on the loop."""
+        return asyncio.shield(leader) if self.asynchronous else leader.result()
+
+    def _settle(self, key: int, future: Any, version: int | None = None,
+                exc: BaseException | None = None) -> None:
+        with self.router.lock:
             del self._inflight[key]
         if exc is None:
             future.set_result(version)
         else:
             future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning without followers
 
-    def _read_database(self, rec: Record) -> int:
-        replica = self.route(rec)
+    def _read_database(self, rec: Record) -> Steps[int]:
+        router = self.router
+        replica = router.route(rec)
         if replica is not None:
             try:
-                version = replica.driver.call(rec, False)
+                version = yield from replica.driver.call(rec, False)
             except Exception as exc:  # noqa: BLE001
-                if not self.replica_failed(replica, exc):
+                if not router.replica_failed(replica, exc):
                     raise
                 rec.failover = True
             else:
-                self.replica_ok(replica)
+                router.replica_ok(replica)
                 rec.source = f"replica{replica.index}"
-                return version
+                return int(version)  # type: ignore[arg-type]  # a keyed read returns one
         rec.source = "primary"
-        return self.primary.call(rec, False)
+        return int((yield from self.primary.call(rec, False)))  # type: ignore[arg-type]
 
-    def _serve_write(self, rec: Record) -> None:
-        version = self.primary.call(rec, True)
+    def _serve_write(self, rec: Record) -> Steps[None]:
+        version = int((yield from self.primary.call(rec, True)))  # type: ignore[arg-type]
         rec.source, rec.version = "primary", version
-        self.committed(rec, version)
+        self.router.committed(rec, version)
         cache = self.cache
-        if cache is None or cache.on_write == "none":
+        on_write = self.scenario.cache.on_write if self.scenario.cache is not None else "none"
+        if cache is None or on_write == "none":
             return
-        name = self._key_name(rec.key)
         try:
-            if cache.on_write == "invalidate":
-                self.redis.delete(name)
+            if on_write == "invalidate":
+                yield from cache.delete(rec.key)
             else:
-                self.redis.set(name, cached_value(version), px=self.ttl_ms)
+                yield from cache.store(rec.key, version)
         except Exception:  # noqa: BLE001 - the write stands; the cache may now be stale
-            self.cache_failed(rec)
+            self._cache_failed(rec)
 
-
-def _batches(items, size: int = 1000):
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-# ---------------------------------------------------------------------------
-# asyncio: asyncpg and redis.asyncio
-# ---------------------------------------------------------------------------
-
-
-class AsyncKeyedDriver(_KeyedBase):
-    """The keyed path over asyncpg pools (one per database) and redis.asyncio.
-
-    Everything runs on the loop's one thread, so the shared state needs no
-    lock; the base class's lock is uncontended here and costs little.
-    """
-
-    def __init__(self, scenario, ctx, primary, replicas, redis_url) -> None:
-        super().__init__(scenario, ctx, primary, replicas, redis_url)
-        self.redis = None
-        self._inflight: dict[int, asyncio.Future] = {}
-
-    async def open(self) -> None:
-        if self.cache is not None:
-            import redis.asyncio
-
-            pool = redis.asyncio.BlockingConnectionPool.from_url(
-                self.redis_url, max_connections=REDIS_CONNECTIONS, timeout=REDIS_TIMEOUT,
-                **_redis_kwargs(),
-            )
-            self.redis = redis.asyncio.Redis(connection_pool=pool)
-            held = [await pool.get_connection() for _ in range(REDIS_CONNECTIONS)]
-            for conn in held:
-                await conn.send_command("PING")
-                await conn.read_response()
-            for conn in held:
-                await pool.release(conn)
-            # blocking, but before any traffic: the loop has nothing else to do
-            self.capacity = _apply_capacity(self.scenario, self.redis_url, self.prefix)
-        await self.primary.open()
-        for r in self.replicas:
-            await r.driver.open()
-
-    async def close(self) -> None:
-        for d in [*(r.driver for r in self.replicas), self.primary]:
-            try:
-                await d.close()
-            except Exception:  # noqa: BLE001
-                pass
-        if self.redis is not None:
-            try:
-                batch = []
-                async for name in self.redis.scan_iter(f"{self.prefix}*", count=1000):
-                    batch.append(name)
-                    if len(batch) >= 1000:
-                        await self.redis.unlink(*batch)
-                        batch = []
-                if batch:
-                    await self.redis.unlink(*batch)
-            except Exception:  # noqa: BLE001
-                pass
-            await self.redis.aclose()
-            if self.capacity is not None:
-                _restore_capacity(self.redis_url, self.capacity)
-
-    async def serve(self, rec: Record) -> bool:
-        ctx = self.ctx
-        rec.started = ctx.now()
-        CURRENT_RECORD.set(rec)
-        self.begin(rec)
-        try:
-            if rec.write:
-                await self._serve_write(rec)
-            else:
-                await self._serve_read(rec)
-            rec.outcome = OK
-        except Exception as exc:  # noqa: BLE001 - every failure is a measured outcome
-            failed(rec, exc)
-        rec.finished = ctx.now()
-        return rec.outcome == OK
-
-    async def _serve_read(self, rec: Record) -> None:
-        name = self._key_name(rec.key)
-        cache = self.cache
-        future = None
-        if cache is not None:
-            try:
-                value = _version(await self.redis.get(name))
-            except Exception:  # noqa: BLE001
-                self.cache_failed(rec)
-                value = None
-            if value is not None:
-                rec.source, rec.version = "cache", value
-                return
-            if cache.single_flight:
-                leader = self._inflight.get(rec.key)
-                if leader is not None:
-                    rec.source = "coalesced"
-                    self.counts["coalesced"] += 1
-                    rec.version = await asyncio.shield(leader)
-                    return
-                future = self._inflight[rec.key] = asyncio.get_running_loop().create_future()
-        try:
-            version = await self._read_database(rec)
-            if cache is not None and not rec.cache_error:
-                try:
-                    await self.redis.set(name, cached_value(version), px=self.ttl_ms)
-                except Exception:  # noqa: BLE001
-                    self.cache_failed(rec)
-        except BaseException as exc:
-            if future is not None:
-                del self._inflight[rec.key]
-                future.set_exception(exc)
-                future.exception()  # retrieved: no "never retrieved" warning without followers
-            raise
-        if future is not None:
-            del self._inflight[rec.key]
-            future.set_result(version)
-        rec.version = version
-
-    async def _read_database(self, rec: Record) -> int:
-        replica = self.route(rec)
-        if replica is not None:
-            try:
-                version = await replica.driver.call(rec, False)
-            except Exception as exc:  # noqa: BLE001
-                if not self.replica_failed(replica, exc):
-                    raise
-                rec.failover = True
-            else:
-                self.replica_ok(replica)
-                rec.source = f"replica{replica.index}"
-                return version
-        rec.source = "primary"
-        return await self.primary.call(rec, False)
-
-    async def _serve_write(self, rec: Record) -> None:
-        version = await self.primary.call(rec, True)
-        rec.source, rec.version = "primary", version
-        self.committed(rec, version)
-        cache = self.cache
-        if cache is None or cache.on_write == "none":
-            return
-        name = self._key_name(rec.key)
-        try:
-            if cache.on_write == "invalidate":
-                await self.redis.delete(name)
-            else:
-                await self.redis.set(name, cached_value(version), px=self.ttl_ms)
-        except Exception:  # noqa: BLE001
-            self.cache_failed(rec)
-
-
-def keyed_driver(scenario: Scenario, ctx: RunContext, driver_class: Callable, replicas: list[str],
-                 redis_url: str | None, asynchronous: bool):
-    """The keyed driver: one ``driver_class`` pool per database, sharing ``ctx``'s clock."""
-    primary = driver_class(scenario, ctx)
-    reps = [driver_class(scenario, ctx.for_database(dsn)) for dsn in replicas]
-    cls = AsyncKeyedDriver if asynchronous else KeyedDriver
-    return cls(scenario, ctx, primary, reps, redis_url)
+    def details(self) -> dict[str, object]:
+        out = dict(self.primary.details())
+        replicas = self.router.replicas
+        out["keyed"] = {
+            "table": KEYED_TABLE,
+            "redis_prefix": self.cache.prefix if self.cache is not None else None,
+            "replicas": len(replicas),
+            **self.counts,
+            "replica_failures": self.router.replica_failures,
+            "replicas_failed": [r.index for r in replicas if r.failures],
+        }
+        return out

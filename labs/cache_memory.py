@@ -73,6 +73,7 @@ import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import redis
@@ -166,7 +167,7 @@ def _config_get(r: redis.Redis, names: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def _config_set(r: redis.Redis, name: str, value: object) -> None:
+def _config_set(r: redis.Redis, name: str, value: str | int | float) -> None:
     try:
         r.config_set(name, value)
     except redis.ResponseError as e:
@@ -187,12 +188,12 @@ def _names(prefix: str, keys: Iterable[int]) -> list[str]:
     return [f"{prefix}{k}" for k in keys]
 
 
-def _chunks(items: Sequence, size: int = CHUNK) -> Iterable[Sequence]:
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
-def _unlink(r: redis.Redis, names: Sequence[str]) -> None:
+def _unlink(r: redis.Redis, names: Sequence[str | bytes]) -> None:
     for chunk in _chunks(names, 1000):
         r.unlink(*chunk)
 
@@ -459,7 +460,7 @@ def lru_experiment(
     samples: tuple[int, ...] = (5, 10),
     seed: int = 1,
     rate: float | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Redis's ``allkeys-lru`` against exact LRU on one trace of cache-aside reads.
 
     One trace of ``requests`` keys from Zipf(``s``) over ``keys`` keys
@@ -474,23 +475,11 @@ def lru_experiment(
     ``capacity`` misses to fill it).  Leaves the server's settings as found
     and deletes its keys.
     """
-    if keys < 2 or not 1 <= capacity < keys:
-        raise ValueError(f"need 1 <= capacity < keys, got capacity={capacity}, keys={keys}")
-    warmup = 5 * capacity
-    if requests <= warmup:
-        raise ValueError(f"requests must exceed the warm-up of 5 * capacity = {warmup}")
-    if s < 0:
-        raise ValueError(f"s must be >= 0, got {s}")
-    if rate is not None and rate <= 0:
-        raise ValueError(f"rate must be > 0 (requests/s) or None, got {rate}")
+    warmup = _warmup(keys, s, capacity, requests, rate)
     p, trace = _trace(keys, s, requests, seed)
     counted = requests - warmup
     exact = exact_lru_hits(trace, capacity, warmup) / counted
-    random_ratio = random_replacement_hits(trace, capacity, warmup, seed) / counted
-    che = lru_cache_hit_ratio(1.0, p, capacity)
-
     r = redis.Redis.from_url(url, socket_timeout=30)
-    runs = []
     try:
         try:
             info = r.info("server")
@@ -498,50 +487,11 @@ def lru_experiment(
             raise ServiceError(f"redis: cannot reach {url}: {e}") from None
         hz = int(_config_get(r, ("hz",))["hz"])
         sha = r.script_load(CACHE_ASIDE_LUA)
-        for n in samples:
-            prefix = f"l:{secrets.token_hex(3)}:"
-            names = [name.encode() for name in _names(prefix, range(keys))]
-            _unlink(r, names)
-            # EVALSHA and everything else run once before the baseline is read
-            r.evalsha(sha, 1, f"{prefix}warm-up", b"1")
-            r.unlink(f"{prefix}warm-up")
-            setting = apply_capacity(r, capacity, prefix, None, samples=n)
-            try:
-                evicted_before = int(r.info("stats")["evicted_keys"])
-                hits, elapsed = _replay(r, sha, names, trace, warmup, rate)
-                held = keys_held(r, prefix)
-                memory = r.info("memory")
-                evicted = int(r.info("stats")["evicted_keys"]) - evicted_before
-            finally:
-                try:
-                    restore_capacity(r, setting)
-                finally:
-                    _unlink(r, names)
-            ratio = hits / counted
-            ops = requests / elapsed
-            runs.append(
-                {
-                    "maxmemory_samples": n,
-                    "redis_hit_ratio": ratio,
-                    "exact_lru_hit_ratio": exact,
-                    "difference": ratio - exact,
-                    "keys_held_end": held,
-                    "keys_held_over_capacity": held / capacity,
-                    "used_memory_end": int(memory["used_memory"]),
-                    "maxmemory": setting.maxmemory_bytes,
-                    "baseline_bytes": setting.baseline_bytes,
-                    "bytes_per_key": setting.bytes_per_key,
-                    "evicted_keys": evicted,
-                    "elapsed_s": elapsed,
-                    "ops_per_s": ops,
-                    # misses per LRU clock tick (1 s) over the capacity: how many
-                    # times the cache's content turns over while every key
-                    # touched shows the same LRU time
-                    "turnover_per_lru_tick": ops * (1 - ratio) / capacity,
-                }
-            )
+        runs = [_lru_run(r, sha, n, keys, capacity, trace, warmup, rate) for n in samples]
     finally:
         r.close()
+    for run in runs:
+        run.update(exact_lru_hit_ratio=exact, difference=run["redis_hit_ratio"] - exact)
     return {
         "keys": keys,
         "s": s,
@@ -555,7 +505,66 @@ def lru_experiment(
         "hz": hz,
         "lru_clock_resolution_ms": LRU_CLOCK_RESOLUTION_MS,
         "exact_lru_hit_ratio": exact,
-        "che_hit_ratio": che,
-        "random_replacement_hit_ratio": random_ratio,
+        "che_hit_ratio": lru_cache_hit_ratio(1.0, p, capacity),
+        "random_replacement_hit_ratio": random_replacement_hits(trace, capacity, warmup,
+                                                                seed) / counted,
         "runs": runs,
+    }
+
+
+def _warmup(keys: int, s: float, capacity: int, requests: int, rate: float | None) -> int:
+    """The requests before hits count (``5 * capacity``), once the arguments are checked."""
+    if keys < 2 or not 1 <= capacity < keys:
+        raise ValueError(f"need 1 <= capacity < keys, got capacity={capacity}, keys={keys}")
+    warmup = 5 * capacity
+    if requests <= warmup:
+        raise ValueError(f"requests must exceed the warm-up of 5 * capacity = {warmup}")
+    if s < 0:
+        raise ValueError(f"s must be >= 0, got {s}")
+    if rate is not None and rate <= 0:
+        raise ValueError(f"rate must be > 0 (requests/s) or None, got {rate}")
+    return warmup
+
+
+def _lru_run(
+    r: redis.Redis, sha: str, samples: int, keys: int, capacity: int, trace: Sequence[int],
+    warmup: int, rate: float | None,
+) -> dict[str, Any]:
+    """One replay of the trace with ``maxmemory-samples = samples``, on a fresh key prefix."""
+    prefix = f"l:{secrets.token_hex(3)}:"
+    names = [name.encode() for name in _names(prefix, range(keys))]
+    _unlink(r, names)
+    # EVALSHA and everything else run once before the baseline is read
+    r.evalsha(sha, 1, f"{prefix}warm-up", b"1")
+    r.unlink(f"{prefix}warm-up")
+    setting = apply_capacity(r, capacity, prefix, None, samples=samples)
+    try:
+        evicted_before = int(r.info("stats")["evicted_keys"])
+        hits, elapsed = _replay(r, sha, names, trace, warmup, rate)
+        held = keys_held(r, prefix)
+        memory = r.info("memory")
+        evicted = int(r.info("stats")["evicted_keys"]) - evicted_before
+    finally:
+        try:
+            restore_capacity(r, setting)
+        finally:
+            _unlink(r, names)
+    ratio = hits / (len(trace) - warmup)
+    ops = len(trace) / elapsed
+    return {
+        "maxmemory_samples": samples,
+        "redis_hit_ratio": ratio,
+        "keys_held_end": held,
+        "keys_held_over_capacity": held / capacity,
+        "used_memory_end": int(memory["used_memory"]),
+        "maxmemory": setting.maxmemory_bytes,
+        "baseline_bytes": setting.baseline_bytes,
+        "bytes_per_key": setting.bytes_per_key,
+        "evicted_keys": evicted,
+        "elapsed_s": elapsed,
+        "ops_per_s": ops,
+        # misses per LRU clock tick (1 s) over the capacity: how many times
+        # the cache's content turns over while every key touched shows the
+        # same LRU time
+        "turnover_per_lru_tick": ops * (1 - ratio) / capacity,
     }

@@ -27,9 +27,21 @@ from __future__ import annotations
 import ipaddress
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from simlib.scenario import parse_scenario
+import psycopg2
+import psycopg2.errors
+import redis
+from psycopg2.extensions import parse_dsn
+
+from labs.executor import run_live
+from labs.query import one
+from labs.records import OK, Record
+from labs.topology import Topology
+from simlib.pools import PoolConfig
+from simlib.scenario import Scenario, parse_scenario
 
 SLEEP = 0.005
 CONNECT_TIMEOUT = 3
@@ -42,17 +54,24 @@ class Calibration:
     query_overhead: float
     first_query_extra: float = 0.0  # median; already inside connect_times
 
+    @property
+    def connect_time_median(self) -> float:
+        return statistics.median(self.connect_times)
+
+    @property
+    def network_rtt(self) -> float:
+        """What simlib charges per round trip: the rtt plus the server's query overhead."""
+        return self.rtt + self.query_overhead
+
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["connect_times"] = list(self.connect_times)
-        d["connect_time_median"] = statistics.median(self.connect_times)
+        d["connect_time_median"] = self.connect_time_median
         d["samples"] = len(self.connect_times)
         return d
 
 
 def _is_loopback(dsn: str) -> bool:
-    from psycopg2.extensions import parse_dsn
-
     host = parse_dsn(dsn).get("host") or ""
     for h in host.split(","):
         h = h.strip()
@@ -68,8 +87,6 @@ def _is_loopback(dsn: str) -> bool:
 
 def calibrate(dsn: str, samples: int = 50, *, deadline: float = 15.0) -> Calibration:
     """Measure connect time, round trip and query overhead at ``dsn`` (loopback only)."""
-    import psycopg2
-
     if samples < 1:
         raise ValueError(f"samples: must be an integer >= 1, got {samples}")
     if not _is_loopback(dsn):
@@ -77,10 +94,27 @@ def calibrate(dsn: str, samples: int = 50, *, deadline: float = 15.0) -> Calibra
     stop = time.perf_counter() + deadline
     # Each measurement phase gets a third of the budget.
     phase = deadline / 3
+    connect_times, first_query = _connects(dsn, samples, min(stop, time.perf_counter() + phase))
+    conn = psycopg2.connect(dsn, connect_timeout=CONNECT_TIMEOUT)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")  # warm the backend (catalog caches) first
+            cur.fetchone()
+            rtts = _timed(cur, "SELECT 1", (), samples, min(stop, time.perf_counter() + phase))
+            sleeps = _timed(cur, "SELECT pg_sleep(%s)", (SLEEP,), samples, stop)
+    finally:
+        conn.close()
+    rtt = statistics.median(rtts)
+    overhead = max(0.0, statistics.median(sleeps) - SLEEP - rtt)
+    return Calibration(connect_times=connect_times, rtt=rtt, query_overhead=overhead,
+                       first_query_extra=statistics.median(first_query))
 
+
+def _connects(dsn: str, samples: int, phase_end: float) -> tuple[list[float], list[float]]:
+    """Fresh connections: (connect seconds + the first query's extra, that extra alone)."""
     connect_times: list[float] = []
     first_query: list[float] = []
-    phase_end = min(stop, time.perf_counter() + phase)
     for _ in range(samples):
         t0 = time.perf_counter()
         conn = psycopg2.connect(dsn, connect_timeout=CONNECT_TIMEOUT)
@@ -94,43 +128,25 @@ def calibrate(dsn: str, samples: int = 50, *, deadline: float = 15.0) -> Calibra
         connect_times.append(t1 - t0 + max(0.0, extra))
         if time.perf_counter() >= phase_end:
             break
-
-    conn = psycopg2.connect(dsn, connect_timeout=CONNECT_TIMEOUT)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1")  # warm the backend (catalog caches) first
-            cur.fetchone()
-            rtts: list[float] = []
-            phase_end = min(stop, time.perf_counter() + phase)
-            for _ in range(samples):
-                t0 = time.perf_counter()
-                cur.execute("SELECT 1")
-                cur.fetchone()
-                t1 = time.perf_counter()
-                rtts.append(t1 - t0)
-                if t1 >= phase_end:
-                    break
-            sleeps: list[float] = []
-            phase_end = stop
-            for _ in range(samples):
-                t0 = time.perf_counter()
-                cur.execute("SELECT pg_sleep(%s)", (SLEEP,))
-                cur.fetchone()
-                t1 = time.perf_counter()
-                sleeps.append(t1 - t0)
-                if t1 >= phase_end:
-                    break
-    finally:
-        conn.close()
-
-    rtt = statistics.median(rtts)
-    overhead = max(0.0, statistics.median(sleeps) - SLEEP - rtt)
-    return Calibration(connect_times=connect_times, rtt=rtt, query_overhead=overhead,
-                       first_query_extra=statistics.median(first_query))
+    return connect_times, first_query
 
 
-def _query_seconds(cur) -> float:
+def _timed(cur: Any, sql: str, params: tuple[Any, ...], samples: int,
+           phase_end: float) -> list[float]:
+    """Seconds of up to ``samples`` runs of one statement, until ``phase_end``."""
+    times: list[float] = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        cur.execute(sql, params or None)
+        cur.fetchone()
+        t1 = time.perf_counter()
+        times.append(t1 - t0)
+        if t1 >= phase_end:
+            break
+    return times
+
+
+def _query_seconds(cur: Any) -> float:
     """Seconds for one ``SELECT pg_sleep(0)`` round trip on ``cur``."""
     t0 = time.perf_counter()
     cur.execute("SELECT pg_sleep(0)")
@@ -171,7 +187,7 @@ class ClientCalibration:
     hold: list[float]
 
     def to_dict(self) -> dict[str, object]:
-        def summary(xs: list[float]) -> dict[str, float]:
+        def summary(xs: list[float]) -> dict[str, float | int]:
             return {"mean": statistics.fmean(xs), "median": statistics.median(xs),
                     "samples": len(xs)}
 
@@ -179,9 +195,9 @@ class ClientCalibration:
                 "dispatch": summary(self.dispatch), "hold": summary(self.hold)}
 
 
-def client_rate(scenario) -> float:
+def client_rate(scenario: Scenario) -> float:
     """The calibration run's arrival rate: light load on this scenario's pool."""
-    limit = _pool_limit(scenario.pool)
+    limit = scenario.pool.connection_limit() or 64  # no client-side limit: as a 64 pool
     service = max(1e-4, float(scenario.query.service_time.mean))
     rate = min(CLIENT_RATE_MAX, CLIENT_UTILISATION * limit / service)
     if scenario.workload.kind == "open":
@@ -189,48 +205,34 @@ def client_rate(scenario) -> float:
     return max(20.0, rate)
 
 
-def _pool_limit(pool) -> int:
-    for name in ("maxconn", "max_size"):
-        value = getattr(pool, name, None)
-        if isinstance(value, int):
-            return value
-    if hasattr(pool, "pool_size"):
-        if pool.pool_size == 0 or pool.max_overflow == -1:
-            return 64
-        return pool.pool_size + pool.max_overflow
-    return 64  # no pool: each request has its own connection
-
-
-def calibrate_client(scenario, dsn: str, network_rtt: float, *,
-                     admin_dsn: str | None = None,
+def calibrate_client(scenario: Scenario, topology: Topology, network_rtt: float, *,
                      first_query_extra: float = 0.0) -> ClientCalibration:
     """Measure the client's costs with ``scenario``'s pool library at light load.
 
     Runs the scenario's own pool (same library and settings, same query kind)
     for :data:`CLIENT_SECONDS` at :func:`client_rate`, an open loop with the
-    scenario's service times, through the live executor.  ``network_rtt`` is
-    the round trip simlib will charge per query (calibrated rtt + query
-    overhead), subtracted from each hold so it is not counted twice; so is a
-    pre-ping's, from the dispatch.  ``first_query_extra`` is what a new
-    backend's first query costs beyond a later one: the calibrated connect
-    times already carry it, so a request that opened its own connection (every
-    request without a pool) has it taken off its hold.
+    scenario's service times, through the live executor, on the topology's
+    primary.  ``network_rtt`` is the round trip simlib will charge per query
+    (calibrated rtt + query overhead), subtracted from each hold so it is not
+    counted twice; so is a pre-ping's, from the dispatch.  ``first_query_extra``
+    is what a new backend's first query costs beyond a later one: the
+    calibrated connect times already carry it, so a request that opened its
+    own connection (every request without a pool) has it taken off its hold.
     """
-    from labs.executor import run_live
-
     rate = client_rate(scenario)
     # The pool library's own costs, with the plain statement on the primary:
     # the keyed path's cache and replicas are left out here (their Redis
     # calls are charged as the cache's hit_time instead).
     data = {k: v for k, v in scenario.to_dict().items() if k not in ("cache", "replicas")}
-    data["workload"] = {**data.get("workload", {}), "write_fraction": 0.0}
+    workload = data.get("workload", {})
+    data["workload"] = {**(workload if isinstance(workload, dict) else {}), "write_fraction": 0.0}
     light = parse_scenario(data, default_name=scenario.name).with_values({
         "workload.kind": "open",
         "workload.rate": rate,
         "workload.duration": CLIENT_SECONDS,
         "workload.warmup": 0.5,
     })
-    result = run_live(light, dsn, admin_dsn=admin_dsn, drain_limit=10.0)
+    result = run_live(light, Topology(topology.primary), drain_limit=10.0)
     start, end = light.workload.warmup, light.workload.warmup + light.workload.duration
     dispatch, hold = client_samples(result.records, start, end,
                                     charged_round_trips(scenario.pool, network_rtt),
@@ -241,28 +243,28 @@ def calibrate_client(scenario, dsn: str, network_rtt: float, *,
     return ClientCalibration(scenario.pool.kind, rate, dispatch, hold)
 
 
-def charged_round_trips(pool, network_rtt: float) -> float:
+def charged_round_trips(pool: PoolConfig, network_rtt: float) -> float:
     """Seconds of round trips simlib charges a request while it holds a connection.
 
     The query's round trip, plus the reset of a returned connection where the
-    library does one (``reset_on_return``), as simlib.pools charge them.
+    library does one: the pool kind's own :meth:`~simlib.pools.PoolConfig.round_trips`,
+    the same figure simlib.pools charges.
     """
-    resets = 1 if getattr(pool, "reset_on_return", False) else 0
-    return network_rtt * (1 + resets)
+    return network_rtt * (1 + pool.round_trips().release)
 
 
-def charged_checkout(pool, network_rtt: float) -> float:
+def charged_checkout(pool: PoolConfig, network_rtt: float) -> float:
     """Seconds simlib charges at the checkout of a connection it did not just open.
 
     SQLAlchemy's ``pool_pre_ping`` sends one round trip before handing out a
-    pooled connection (not a freshly opened one); simlib.pools.queuepool
+    pooled connection (not a freshly opened one); simlib.pools.sqlalchemy
     charges it ``network_rtt``.  The live run's dispatch time contains the
     real ping, so the client calibration takes this charge off it.
     """
-    return network_rtt if getattr(pool, "pool_pre_ping", False) else 0.0
+    return network_rtt * pool.round_trips().checkout
 
 
-def client_samples(records, start: float, end: float, charged: float,
+def client_samples(records: Sequence[Record], start: float, end: float, charged: float,
                    cached: bool = False, *, checkout: float = 0.0,
                    first_query: float = 0.0) -> tuple[list[float], list[float]]:
     """Per-request client costs in a run's records: (dispatch, hold) samples.
@@ -277,8 +279,6 @@ def client_samples(records, start: float, end: float, charged: float,
     trips, and, for a request that opened its connection, ``first_query``
     (the cold backend's extra, where the connect times already include it).
     """
-    from simlib.metrics import OK
-
     dispatch: list[float] = []
     hold: list[float] = []
     for r in records:
@@ -288,7 +288,8 @@ def client_samples(records, start: float, end: float, charged: float,
         if not r.waited and not (cached and r.key >= 0 and not r.write):
             dispatch.append(max(0.0, r.got - r.scheduled - r.connect_s
                                 - (0.0 if opened else checkout)))
-        hold.append(max(0.0, r.released - r.got - r.service - charged
+        released = r.released if r.released is not None else r.got
+        hold.append(max(0.0, released - r.got - r.service - charged
                         - (first_query if opened else 0.0)))
     return dispatch, hold
 
@@ -305,8 +306,6 @@ def calibrate_cache(redis_url: str, samples: int = 200) -> dict[str, float]:
     after a miss; a ``DEL`` or ``SET`` after a write); the calls cost about
     the same on loopback, so ``hit_time`` is the median over both kinds.
     """
-    import redis
-
     client = redis.Redis.from_url(redis_url, socket_connect_timeout=1.0, socket_timeout=2.0)
     key = f"labs:calibrate:{time.perf_counter_ns()}"
     gets: list[float] = []
@@ -341,8 +340,6 @@ def calibrate_lag(primary: str, replica: str, samples: int = 5,
     shows.  With ``recovery_min_apply_delay`` set this is the delay plus
     the standby's apply time; without it, the streaming delay alone.
     """
-    import psycopg2
-
     p = psycopg2.connect(primary, application_name="labs-calibrate", connect_timeout=3)
     r = psycopg2.connect(replica, application_name="labs-calibrate", connect_timeout=3)
     p.autocommit = r.autocommit = True
@@ -364,11 +361,11 @@ def calibrate_lag(primary: str, replica: str, samples: int = 5,
                 time.sleep(0.01)
             for _ in range(samples):
                 pc.execute("UPDATE labs_lag SET v = v + 1 WHERE id = 1 RETURNING v")
-                version = pc.fetchone()[0]
+                version = one(pc)
                 committed = time.perf_counter()
                 while True:
                     rc.execute("SELECT v FROM labs_lag WHERE id = 1")
-                    if rc.fetchone()[0] >= version:
+                    if one(rc) >= version:
                         lags.append(time.perf_counter() - committed)
                         break
                     if time.monotonic() > deadline:

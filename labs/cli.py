@@ -20,17 +20,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
 
-from labs.services import ServiceError
+from labs import validate
+from labs.compare import render_compare, run_comparison
+from labs.executor import run_live
+from labs.services import ServiceError, Services, configure, discovery, services_for_scenario
+from labs.services.common import signals_deferred, signals_raise
+from labs.services.discovery import env_variables
+from labs.topology import Topology
 from simlib.cli import Parser, UsageError, add_scenario_arguments
-from simlib.scenario import ScenarioError, load_scenario
+from simlib.files import atomic_write_text
+from simlib.metrics import Estimate
+from simlib.report import table
+from simlib.scenario import Scenario, ScenarioError, load_scenario
 from simlib.simulation import check_supported
-
-NOT_YET = "the live executor is not available yet"
 
 
 def build_parser() -> Parser:
@@ -81,114 +89,64 @@ def build_parser() -> Parser:
 
 
 # ---------------------------------------------------------------------------
-# run / compare: the executor is imported only when needed
+# run / compare / validate
 # ---------------------------------------------------------------------------
 
-
-def _executor(name: str):
-    try:
-        import labs.executor as executor
-    except ModuleNotFoundError as e:
-        if e.name in ("labs.executor", "labs"):
-            raise UsageError(NOT_YET) from None
-        raise
-    function = getattr(executor, name, None)
-    if function is None:
-        raise UsageError(NOT_YET)
-    return executor, function
+R = TypeVar("R")
 
 
-def _document(result: object) -> dict:
-    if isinstance(result, Mapping):
-        return dict(result)
-    to_json = getattr(result, "to_json", None)
-    if callable(to_json):
-        return to_json()
-    raise TypeError(f"labs.executor returned {type(result).__name__}, not a JSON document")
+def _services_info(scenario: Scenario, svc: Services) -> dict[str, object]:
+    """Which services a run used, for its ``details["services"]``."""
+    info: dict[str, object] = {
+        "source": svc.source,
+        "max_connections": (scenario.database.max_connections if svc.can_configure
+                            else svc.max_connections()),
+        "replicas": len(svc.replicas),
+        "redis": svc.redis is not None,
+    }
+    if scenario.replicas is not None and not svc.can_configure:
+        info["replica_delay"] = svc.replica_delay()
+    return info
 
 
-def _estimates(metrics: Mapping[str, Mapping]) -> dict:
-    from simlib.metrics import Estimate
+def _live(scenario: Scenario, work: Callable[[Topology], R]) -> tuple[R, dict[str, object]]:
+    """``work(topology)`` on the services the scenario needs, found as the contract says.
 
-    out = {}
-    for name, m in metrics.items():
-        value = m.get("value")
-        ci = m.get("ci95")
-        out[name] = Estimate(
-            math.nan if value is None else float(value),
-            None if ci is None or None in ci else (float(ci[0]), float(ci[1])),
-        )
-    return out
-
-
-def _with_services(scenario, function, **kw):
-    """Call ``function(scenario, primary_dsn, **kw)`` with the services it needs.
-
-    Services are found as the contract says (environment, ``services up``,
-    else throwaway servers stopped afterwards).  Which ones were used goes
-    into the result's ``details["services"]`` when the result has details.
+    Refused before any server starts when labs cannot run the scenario; where
+    the services found cannot be made to match it, a note says how they differ.
     """
-    from labs.services import services_for_scenario
-
+    check_supported(scenario)
     with services_for_scenario(scenario) as svc:
-        result = function(scenario, svc.primary, admin_dsn=svc.primary_admin,
-                          replicas=svc.replicas, redis_url=svc.redis, **kw)
-        wanted = scenario.database.max_connections
-        actual = wanted if svc.can_configure else svc.max_connections()
-        info = {
-            "source": svc.source,
-            "max_connections": actual,
-            "replicas": len(svc.replicas),
-            "redis": svc.redis is not None,
-        }
-        if actual != wanted:
-            print(
-                f"labs: note: the server's max_connections is {actual}, the scenario says "
-                f"{wanted}; services from {svc.source} cannot be reconfigured",
-                file=sys.stderr,
-            )
-        if scenario.replicas is not None and not svc.can_configure:
-            from labs.services.discovery import requirements
-
-            lag = requirements(scenario)["replica_delay"]
-            delay = svc.replica_delay()
-            info["replica_delay"] = delay
-            if abs(delay - lag) > 1e-3:
-                print(
-                    f"labs: note: the replicas apply commits {delay:g} s late, the scenario's "
-                    f"lag is {lag:g} s; services from {svc.source} cannot be reconfigured",
-                    file=sys.stderr,
-                )
-        details = getattr(result, "details", None)
-        if isinstance(details, dict):
-            details["services"] = info
-        return result
+        note = configure(scenario, svc)
+        if note:
+            print(f"labs: note: {note}", file=sys.stderr)
+        return work(svc.topology), _services_info(scenario, svc)
 
 
 def _run(args: argparse.Namespace) -> int:
-    executor, run_live = _executor("run_live")
     scenario = load_scenario(args.scenario, args.overrides)
-    check_supported(scenario)  # refuse before starting any server
-    result = _with_services(scenario, run_live, progress=not args.json and sys.stderr.isatty())
+    progress = not args.json and sys.stderr.isatty()
+    result, info = _live(scenario, lambda t: run_live(scenario, t, progress=progress))
+    result.details["services"] = info
     if args.json:
-        print(json.dumps(_document(result), allow_nan=False))
-        return 0
-    render = getattr(executor, "render_run", None)
-    if callable(render):
-        print(render(result))
+        print(json.dumps(result.to_json(), allow_nan=False))
     else:
-        from simlib.report import table
+        metrics = {name: Estimate(value, None) for name, value in result.metrics.items()}
+        print(table(f"labs: {scenario.name} (pool {scenario.pool.kind})", metrics))
+    return 0
 
-        doc = _document(result)
-        print(table(f"labs: {scenario.name} (pool {scenario.pool.kind})",
-                    _estimates(doc.get("metrics", {}))))
+
+def _compare(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.scenario, args.overrides)
+    comparison, info = _live(scenario, lambda t: run_comparison(scenario, t))
+    comparison.live.details["services"] = info
+    doc = comparison.document
+    print(json.dumps(doc, allow_nan=False) if args.json else render_compare(doc))
     return 0
 
 
 def check_writable(path: str, option: str) -> None:
     """Raise UsageError unless a file can be created at ``path`` (makes its directory)."""
-    from pathlib import Path
-
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -201,9 +159,6 @@ def check_writable(path: str, option: str) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from labs import validate
-    from simlib.files import atomic_write_text
-
     scenarios = validate.load_suite(args.only, args.overrides, quick=args.quick)
     if args.out:
         check_writable(args.out, "--out")  # now, not after minutes of measuring
@@ -217,38 +172,8 @@ def _validate(args: argparse.Namespace) -> int:
         print(text)
     else:
         print(validate.render(doc, markdown=args.markdown))
-    summary = doc["summary"]
+    summary: dict[str, int] = doc["summary"]  # type: ignore[assignment]
     return 1 if args.strict and summary["goals_met"] < summary["goals"] else 0
-
-
-def _compare(args: argparse.Namespace) -> int:
-    executor, compare = _executor("compare")
-    scenario = load_scenario(args.scenario, args.overrides)
-    check_supported(scenario)
-    result = _with_services(scenario, compare)
-    if args.json:
-        print(json.dumps(_document(result), allow_nan=False))
-        return 0
-    render = getattr(executor, "render_compare", None)
-    if callable(render):
-        print(render(result))
-        return 0
-    from simlib.report import format_estimate
-
-    doc = _document(result)
-    sim = _estimates(doc.get("simulated", {}).get("metrics", {}))
-    live = _estimates(doc.get("measured", {}).get("metrics", {}))
-    names = [n for n in sim if n in live] + [n for n in live if n not in sim]
-    rows = [(n, format_estimate(sim[n]) if n in sim else "-",
-             format_estimate(live[n])) for n in names]
-    w = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in
-         enumerate(("metric", "simulated", "measured"))]
-    print(f"labs compare: {scenario.name}")
-    print(f"{'metric':<{w[0]}}  {'simulated':>{w[1]}}  {'measured':>{w[2]}}")
-    print("-" * (sum(w) + 4))
-    for n, s, m in rows:
-        print(f"{n:<{w[0]}}  {s:>{w[1]}}  {m:>{w[2]}}")
-    return 0
 
 
 # ---------------------------------------------------------------------------
@@ -257,11 +182,12 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _print_status(doc: Mapping, as_json: bool) -> None:
+
     if as_json:
         print(json.dumps(doc))
         return
     heading = {
-        "env": "services: from the environment (LABS_PG_PRIMARY, LABS_PG_REPLICAS, LABS_REDIS)",
+        "env": f"services: from the environment ({', '.join(env_variables())})",
         "services-up": f"services: started by `python -m labs services up` ({doc['state_file']})",
         "throwaway": "services: none configured; `labs run` starts throwaway local servers",
     }[doc["route"]]
@@ -280,37 +206,42 @@ def _print_status(doc: Mapping, as_json: bool) -> None:
         print(f"{role:<{w0}}  {dsn:<{w1}}  {ok}" + (f"  ({problem})" if problem else ""))
 
 
-def _services(args: argparse.Namespace) -> int:
-    from labs.services import discovery
-    from labs.services.common import signals_deferred, signals_raise
+def _services_status(args: argparse.Namespace) -> int:
 
-    if args.action == "status":
-        doc = discovery.describe()
-        _print_status(doc, args.json)
-        if not doc["ok"]:
-            print(f"labs: {doc['problems'][0]}", file=sys.stderr)
-            return 2
-        return 0
+    doc = discovery.describe()
+    _print_status(doc, args.json)
+    if not doc["ok"]:
+        print(f"labs: {doc['problems'][0]}", file=sys.stderr)
+        return 2
+    return 0
 
-    if args.action == "down":
-        state = discovery.read_state()
-        stopped = []
-        if state is not None:
-            cluster = discovery.LocalCluster.from_state(state)
-            with signals_deferred():
-                cluster.stop()
-            stopped = [s["dsn"] for s in [state.get("primary"), *(state.get("replicas") or [])]
-                       if s] + ([state["redis"]["url"]] if state.get("redis") else [])
-        discovery.remove_state()
-        if args.json:
-            print(json.dumps({"stopped": stopped, "state_file": str(discovery.state_path())}))
-        elif stopped:
-            print("stopped: " + ", ".join(stopped))
-        else:
-            print("nothing to stop: `python -m labs services up` has not started anything")
-        return 0
 
-    # up
+def _stop_recorded(state: Mapping) -> list[str]:
+    """Stop the servers a state file of `services up` names; their DSNs and URLs."""
+
+    cluster = discovery.LocalCluster.from_state(state)
+    stopped = cluster.addresses()
+    with signals_deferred():
+        cluster.stop()
+    return stopped
+
+
+def _services_down(args: argparse.Namespace) -> int:
+
+    state = discovery.read_state()
+    stopped = _stop_recorded(state) if state is not None else []
+    discovery.remove_state()
+    if args.json:
+        print(json.dumps({"stopped": stopped, "state_file": str(discovery.state_path())}))
+    elif stopped:
+        print("stopped: " + ", ".join(stopped))
+    else:
+        print("nothing to stop: `python -m labs services up` has not started anything")
+    return 0
+
+
+def _services_up(args: argparse.Namespace) -> int:
+
     if args.replicas < 0:
         raise UsageError(f"--replicas: must be an integer >= 0, got {args.replicas}")
     if args.max_connections < 1:
@@ -324,17 +255,13 @@ def _services(args: argparse.Namespace) -> int:
                 print("already running (stop with `python -m labs services down`)")
             _print_status(doc, args.json)
             return 0
-        with signals_deferred():  # leftovers of an earlier `up`: clear them first
-            discovery.LocalCluster.from_state(state).stop()
+        _stop_recorded(state)  # leftovers of an earlier `up`: clear them first
         discovery.remove_state()
     discovery.check_state_dir()  # before starting servers it could not record
+    wants = {"replicas": args.replicas, "redis": not args.no_redis,
+             "max_connections": args.max_connections}
     with signals_raise():
-        cluster = discovery.LocalCluster.start(
-            replicas=args.replicas,
-            redis=not args.no_redis,
-            max_connections=args.max_connections,
-            detached=True,
-        )
+        cluster = discovery.LocalCluster.start(wants, detached=True)
         try:
             discovery.write_state(cluster)
         except BaseException:
@@ -347,9 +274,14 @@ def _services(args: argparse.Namespace) -> int:
     _print_status(doc, args.json)
     if not args.json:
         if discovery.env_config() is not None:
-            print("note: LABS_PG_PRIMARY/LABS_PG_REPLICAS/LABS_REDIS are set and take precedence")
+            print(f"note: {'/'.join(discovery.env_variables())} are set and take precedence")
         print("stop with: python -m labs services down")
     return 0
+
+
+def _services(args: argparse.Namespace) -> int:
+    action = {"status": _services_status, "down": _services_down, "up": _services_up}
+    return action[args.action](args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """``labs compare``: calibrate, predict with simlib, measure with labs, side by side.
 
-``compare(scenario, dsn)`` does, in order:
+``run_comparison(scenario, topology)`` does, in order:
 
 1. :func:`labs.calibrate.calibrate` on the live server at ``dsn``: connect
    time (with a new backend's first query), round trip, query overhead;
@@ -13,8 +13,10 @@
    hold samples, and for CPU-bound queries ``database.cores`` becomes this
    machine's core count (the live server runs here);
 4. ``simulate`` the predicted scenario and ``run_live`` the original one;
-5. returns the contract document ``{"simulated", "measured", "calibration"}``
-   plus ``"errors": {metric: {predicted, measured, abs_error, rel_error}}``
+5. returns a :class:`Comparison`: the calibrations, the predicted scenario,
+   the simulation and the live result, as typed objects.  Its ``document`` is
+   the contract's JSON ``{"simulated", "measured", "calibration"}`` plus
+   ``"errors": {metric: {predicted, measured, abs_error, rel_error}}``
    (``abs_error = predicted - measured``, ``rel_error = abs_error / measured``,
    ``null`` where measured is 0 or either side is missing) and
    ``"single_run_range"``: per metric, where one run falls with 95%
@@ -40,22 +42,38 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+import statistics
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
 
-from labs.calibrate import Calibration, ClientCalibration, calibrate, calibrate_client
+from labs.calibrate import (
+    Calibration,
+    ClientCalibration,
+    calibrate,
+    calibrate_cache,
+    calibrate_client,
+    calibrate_lag,
+    charged_checkout,
+    charged_round_trips,
+    client_samples,
+)
+from labs.executor import LiveResult, run_live
+from labs.topology import Topology
 from simlib.metrics import prediction_interval
 from simlib.scenario import Scenario
 from simlib.simulation import SimulationResult, simulate
 
 
 def _num(x: object) -> float | None:
-    if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x):
+    if isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x):
         return float(x)
     return None
 
 
-def errors(simulated: dict, measured: dict) -> dict[str, dict[str, float | None]]:
+def errors(
+    simulated: dict[str, Any], measured: dict[str, Any]
+) -> dict[str, dict[str, float | None]]:
     """Per metric present in both documents: predicted, measured and their errors."""
     sim = simulated.get("metrics", {})
     live = measured.get("metrics", {})
@@ -65,7 +83,7 @@ def errors(simulated: dict, measured: dict) -> dict[str, dict[str, float | None]
             continue
         p, m = _num(sim[name].get("value")), _num(live[name].get("value"))
         abs_error = None if p is None or m is None else p - m
-        rel_error = None if abs_error is None or m == 0 else abs_error / m
+        rel_error = None if abs_error is None or m == 0 else abs_error / m  # type: ignore[operator]
         out[name] = {"predicted": p, "measured": m, "abs_error": abs_error,
                      "rel_error": rel_error}
     return out
@@ -80,36 +98,88 @@ def single_run_ranges(result: SimulationResult) -> dict[str, list[float] | None]
     return out
 
 
+@dataclass(frozen=True)
+class KeyedCalibration:
+    """The keyed path's inputs on these services: the cache's round trip, the replicas' lag."""
+
+    cache: dict[str, float] | None = None  # calibrate_cache's medians
+    lag_samples: list[float] = field(default_factory=list)
+
+    @property
+    def hit_time(self) -> float | None:
+        return None if self.cache is None else self.cache["hit_time"]
+
+    @property
+    def lag(self) -> float | None:
+        """The median commit-to-visible time on the first replica."""
+        return sorted(self.lag_samples)[len(self.lag_samples) // 2] if self.lag_samples else None
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        if self.cache is not None:
+            out.update(cache=self.cache, hit_time=self.hit_time)
+        if self.lag_samples:
+            out.update(lag_samples=self.lag_samples, lag=self.lag)
+        return out
+
+
+def calibrate_keyed(scenario: Scenario, topology: Topology) -> KeyedCalibration:
+    """The keyed path's inputs: :func:`labs.calibrate.calibrate_cache` and ``calibrate_lag``.
+
+    ``lag`` is what the standby's ``recovery_min_apply_delay`` and its apply
+    work make the commit-to-visible time, on the first replica.
+    """
+    cache = None
+    if scenario.cache is not None and topology.cache is not None:
+        cache = calibrate_cache(topology.cache.dsn)
+    lags: list[float] = []
+    if scenario.replicas is not None and topology.replicas:
+        lags = calibrate_lag(topology.primary.dsn, topology.replicas[0].dsn)
+    return KeyedCalibration(cache, lags)
+
+
 def predicted_scenario(
     scenario: Scenario,
     cal: Calibration,
     client: ClientCalibration | None = None,
-    keyed: dict | None = None,
+    keyed: KeyedCalibration | None = None,
 ) -> Scenario:
     """``scenario`` with the machine-dependent inputs set from the calibrations.
 
     ``database.connect_time`` and ``database.network_rtt`` from ``cal``;
     ``client.dispatch`` and ``client.hold`` from ``client`` (empirical
     distributions of the samples), when given; ``cache.hit_time`` and the
-    replicas' constant ``lag`` from ``keyed`` (:func:`calibrate_keyed`).
+    replicas' constant ``lag`` from ``keyed``.
     """
+    return scenario.with_values(_applied(scenario, cal, client, keyed, as_values=True))
+
+
+def _applied(scenario: Scenario, cal: Calibration, client: ClientCalibration | None,
+             keyed: KeyedCalibration | None, *, as_values: bool) -> dict[str, object]:
+    """What the prediction changes: as ``with_values`` values, or as the JSON's summary."""
+    def samples(xs: list[float], label: str) -> object:
+        return {"dist": "empirical", "samples": list(xs)} if as_values else f"empirical({label})"
+
     values: dict[str, object] = {
-        "database.connect_time": {"dist": "empirical", "samples": list(cal.connect_times)},
-        "database.network_rtt": cal.rtt + cal.query_overhead,
+        "database.connect_time": samples(cal.connect_times, "connect_times"),
+        "database.network_rtt": cal.network_rtt,
     }
-    if client is not None:
-        values["client.dispatch"] = {"dist": "empirical", "samples": list(client.dispatch)}
-        values["client.hold"] = {"dist": "empirical", "samples": list(client.hold)}
-    if keyed:
-        if keyed.get("hit_time") is not None and scenario.cache is not None:
-            values["cache.hit_time"] = keyed["hit_time"]
-        if keyed.get("lag") is not None and scenario.replicas is not None:
-            values["replicas.lag"] = {"dist": "constant", "value": keyed["lag"]}
+    if not as_values:
+        values["note"] = ("query_overhead is folded into network_rtt (paid once per query; "
+                          "pre-ping and reset round trips carry it too)")
     if scenario.query.cpu_bound:
         # The live server burns its CPU-bound queries on this machine's cores
         # (calibration is loopback only), whatever the scenario says.
         values["database.cores"] = machine_cores()
-    return scenario.with_values(values)
+    if keyed is not None and keyed.hit_time is not None and scenario.cache is not None:
+        values["cache.hit_time"] = keyed.hit_time
+    if keyed is not None and keyed.lag is not None and scenario.replicas is not None:
+        lag = keyed.lag
+        values["replicas.lag"] = {"dist": "constant", "value": lag} if as_values else lag
+    if client is not None:
+        values["client.dispatch"] = samples(client.dispatch, "client dispatch samples")
+        values["client.hold"] = samples(client.hold, "client hold samples")
+    return values
 
 
 def machine_cores() -> int:
@@ -122,115 +192,120 @@ def machine_cores() -> int:
 
 @dataclass
 class Comparison:
-    """Everything one comparison produced; ``document`` is what ``--json`` prints."""
+    """Everything one comparison produced, as typed objects; ``document`` is its JSON."""
 
-    document: dict
+    scenario: Scenario
     predicted: Scenario  # the calibrated scenario simlib ran
+    calibration: Calibration
+    client: ClientCalibration | None
+    keyed: KeyedCalibration
     simulation: SimulationResult
-    live: object  # labs.executor.LiveResult (records included)
+    live: LiveResult
+
+    def measured_inputs(self) -> tuple[dict[str, object], dict[str, float | None]]:
+        """The machine inputs as they were *during* the live run, for a what-if.
+
+        Returns ``(values for Scenario.with_values, summary)``: connect times the
+        run's own connects took, and the client's dispatch and hold costs read
+        from its records the same way :func:`labs.calibrate.calibrate_client`
+        reads them from its light-load run (taking off the round trips simlib
+        charges, from this comparison's calibration).  A new backend's first
+        query is inside the run's hold times here, so the connect samples go
+        without it.
+        """
+        live, scenario = self.live, self.predicted
+        w = scenario.workload
+        rtt = self.calibration.network_rtt
+        dispatch, hold = client_samples(live.records, w.warmup, w.warmup + w.duration,
+                                        charged_round_trips(scenario.pool, rtt),
+                                        cached=scenario.cache is not None,
+                                        checkout=charged_checkout(scenario.pool, rtt))
+        summary = {"connect_ms": _mean_ms(live.connect_durations),
+                   "dispatch_ms": _mean_ms(dispatch), "hold_ms": _mean_ms(hold)}
+        values: dict[str, object] = {}
+        if live.connect_durations:
+            values["database.connect_time"] = {"dist": "empirical",
+                                               "samples": list(live.connect_durations)}
+        if dispatch:
+            values["client.dispatch"] = {"dist": "empirical", "samples": dispatch}
+        if hold:
+            values["client.hold"] = {"dist": "empirical", "samples": hold}
+        return values, summary
+
+    def calibrated_inputs(self) -> dict[str, float | None]:
+        """The same summary for what the prediction used (calibrated before the run)."""
+        client = self.client
+        return {
+            "connect_ms": statistics.fmean(self.calibration.connect_times) * 1e3,
+            "dispatch_ms": statistics.fmean(client.dispatch) * 1e3 if client else None,
+            "hold_ms": statistics.fmean(client.hold) * 1e3 if client else None,
+        }
+
+    def what_if(self) -> tuple[SimulationResult, dict[str, float | None]]:
+        """simlib again with the inputs measured during the live run: ``(result, inputs)``."""
+        values, inputs = self.measured_inputs()
+        return simulate(self.predicted.with_values(values)), inputs
+
+    @cached_property
+    def document(self) -> dict[str, Any]:
+        """The contract's JSON document, with errors and single-run ranges."""
+        simulated = self.simulation.to_json()
+        measured = self.live.to_json()
+        cal = self.calibration.to_dict()
+        keyed = self.keyed.to_dict()
+        if keyed:
+            cal["keyed"] = keyed
+        if self.client is not None:
+            cal["client"] = self.client.to_dict()
+        cal["applied"] = _applied(self.scenario, self.calibration, self.client, self.keyed,
+                                  as_values=False)
+        return {
+            "simulated": simulated,
+            "measured": measured,
+            "calibration": cal,
+            "errors": errors(simulated, measured),
+            "single_run_range": single_run_ranges(self.simulation),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return self.document
+
+
+def _mean_ms(xs: list[float]) -> float | None:
+    return statistics.fmean(xs) * 1e3 if xs else None
 
 
 def run_comparison(
     scenario: Scenario,
-    dsn: str,
+    topology: Topology,
     *,
     samples: int = 50,
     progress: bool = False,
     calibration: Calibration | None = None,
-    admin_dsn: str | None = None,
     client_costs: bool = True,
     replications: int | None = None,
-    replicas: Sequence[str] = (),
-    redis_url: str | None = None,
 ) -> Comparison:
-    """:func:`compare`, keeping the simulation and the live result (with its records).
+    """Calibrate on ``topology``, simulate the calibrated scenario, run it live.
 
+    ``calibration`` reuses an earlier calibration of the same server (``labs
+    validate`` calibrates once for its whole suite); ``client_costs=False``
+    predicts a free client (no :func:`labs.calibrate.calibrate_client` run);
     ``replications``: simulate this many replications instead of the
     scenario's own (``labs validate`` uses more, for tighter ranges).
     """
-    from labs.executor import run_live
-
-    cal = calibration if calibration is not None else calibrate(dsn, samples=samples)
+    primary = topology.primary.dsn
+    cal = calibration if calibration is not None else calibrate(primary, samples=samples)
     client = None
     if client_costs:
-        client = calibrate_client(scenario, dsn, cal.rtt + cal.query_overhead,
-                                  admin_dsn=admin_dsn, first_query_extra=cal.first_query_extra)
-    keyed = calibrate_keyed(scenario, dsn, replicas, redis_url)
+        client = calibrate_client(scenario, topology, cal.network_rtt,
+                                  first_query_extra=cal.first_query_extra)
+    keyed = calibrate_keyed(scenario, topology)
     predicted = predicted_scenario(scenario, cal, client, keyed)
     if replications is not None:
         predicted = predicted.with_values({"replications": replications})
     simulation = simulate(predicted)
-    simulated = simulation.to_json()
-    live = run_live(scenario, dsn, progress=progress, admin_dsn=admin_dsn,
-                    replicas=replicas, redis_url=redis_url)
-    measured = live.to_json()
-    applied = calibration_applied(cal)
-    if scenario.query.cpu_bound:
-        applied["database.cores"] = predicted.database.cores
-    doc_cal = cal.to_dict()
-    if keyed:
-        doc_cal["keyed"] = keyed
-        if keyed.get("hit_time") is not None and scenario.cache is not None:
-            applied["cache.hit_time"] = keyed["hit_time"]
-        if keyed.get("lag") is not None and scenario.replicas is not None:
-            applied["replicas.lag"] = keyed["lag"]
-    if client is not None:
-        doc_cal["client"] = client.to_dict()
-        applied["client.dispatch"] = "empirical(client dispatch samples)"
-        applied["client.hold"] = "empirical(client hold samples)"
-    doc_cal["applied"] = applied
-    document = {
-        "simulated": simulated,
-        "measured": measured,
-        "calibration": doc_cal,
-        "errors": errors(simulated, measured),
-        "single_run_range": single_run_ranges(simulation),
-    }
-    return Comparison(document, predicted, simulation, live)
-
-
-def calibrate_keyed(scenario: Scenario, dsn: str, replicas: Sequence[str],
-                    redis_url: str | None) -> dict:
-    """The keyed path's inputs on these services: the cache's round trip, the lag.
-
-    ``hit_time``: median redis-py call (:func:`labs.calibrate.calibrate_cache`);
-    ``lag``: median commit-to-visible time on the first replica
-    (:func:`labs.calibrate.calibrate_lag`), which is what the standby's
-    ``recovery_min_apply_delay`` and its apply work make it.
-    """
-    from labs.calibrate import calibrate_cache, calibrate_lag
-
-    out: dict = {}
-    if scenario.cache is not None and redis_url:
-        cache = calibrate_cache(redis_url)
-        out["cache"] = cache
-        out["hit_time"] = cache["hit_time"]
-    if scenario.replicas is not None and replicas:
-        lags = calibrate_lag(dsn, replicas[0])
-        out["lag_samples"] = lags
-        out["lag"] = sorted(lags)[len(lags) // 2]
-    return out
-
-
-def compare(scenario: Scenario, dsn: str, **kw) -> dict:
-    """Calibrate at ``dsn``, simulate the calibrated scenario, run it live: one document.
-
-    Keywords as :func:`run_comparison`: ``calibration`` reuses an earlier
-    calibration of the same server (``labs validate`` calibrates once for its
-    whole suite); ``client_costs=False`` predicts a free client (no
-    :func:`labs.calibrate.calibrate_client` run).
-    """
-    return run_comparison(scenario, dsn, **kw).document
-
-
-def calibration_applied(cal: Calibration) -> dict[str, object]:
-    """What ``predicted_scenario`` changed, for the JSON document."""
-    return {
-        "database.connect_time": "empirical(connect_times)",
-        "database.network_rtt": cal.rtt + cal.query_overhead,
-        "note": "query_overhead is folded into network_rtt (paid once per query; "
-                "pre-ping and reset round trips carry it too)",
-    }
+    live = run_live(scenario, topology, progress=progress)
+    return Comparison(scenario, predicted, cal, client, keyed, simulation, live)
 
 
 def _fmt(x: float | None) -> str:
@@ -242,7 +317,7 @@ def _fmt(x: float | None) -> str:
     return f"{x:.2e}"
 
 
-def render_compare(doc: dict) -> str:
+def render_compare(doc: dict[str, Any]) -> str:
     """A readable table: metric | predicted (±ci) | measured | error."""
     sim = doc.get("simulated", {}).get("metrics", {})
     errs = doc.get("errors") or errors(doc.get("simulated", {}), doc.get("measured", {}))

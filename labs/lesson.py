@@ -36,9 +36,14 @@ from typing import Any
 
 import pandas as pd
 
+from labs import host
+from labs.calibrate import Calibration, calibrate
+from labs.compare import Comparison, run_comparison
+from labs.executor import LiveResult, run_live
+from labs.services import configure, services_for
 from simlib.metrics import Estimate
 from simlib.scenario import Scenario, parse_scenario
-from simlib.simulation import SimulationResult, simulate
+from simlib.simulation import SimulationResult, check_supported, simulate
 
 __all__ = [
     "Lab",
@@ -121,62 +126,39 @@ class Lab:
         max_connections: int = 100,
         replica_delay: float = 0.0,
     ) -> None:
-        from labs.services import services_for
-
         self._stack = contextlib.ExitStack()
         self.svc = self._stack.enter_context(
             services_for(replicas=replicas, redis=redis, max_connections=max_connections,
                          replica_delay=replica_delay)
         )
-        self._calibration = None
+        self._calibration: Calibration | None = None
 
     @property
     def source(self) -> str:
         return self.svc.source
 
-    def _configure(self, s: Scenario) -> None:
-        """Give the servers the scenario's max_connections and replica lag, where allowed."""
-        if not self.svc.can_configure:
-            return
-        if self.svc.max_connections() != s.database.max_connections:
-            self.svc.set_max_connections(s.database.max_connections)
-        if s.replicas is not None and self.svc.replicas:
-            from labs.services.discovery import requirements
-
-            delay = requirements(s)["replica_delay"]
-            if abs(self.svc.replica_delay() - delay) > 1e-3:
-                self.svc.set_replica_delay(delay)
-
-    def measure(self, s: Scenario, **kw):
-        """Run ``s`` live once (labs.executor.run_live), on a quiet machine: a LiveResult."""
-        from labs.executor import run_live
-        from simlib.simulation import check_supported
-
+    def _ready(self, s: Scenario) -> None:
+        """Refuse what labs cannot run, configure the servers, wait for a quiet machine."""
         check_supported(s)
-        self._configure(s)
+        configure(s, self.svc)
         wait_for_quiet()
-        return _off_the_loop(lambda: run_live(
-            s, self.svc.primary, admin_dsn=self.svc.primary_admin,
-            replicas=self.svc.replicas, redis_url=self.svc.redis, **kw))
 
-    def compare(self, s: Scenario, **kw):
-        """Calibrate (the server once per Lab), predict and run ``s``: a labs.compare.Comparison.
+    def measure(self, s: Scenario, **kw: Any) -> LiveResult:
+        """Run ``s`` live once (labs.executor.run_live), on a quiet machine."""
+        self._ready(s)
+        return _off_the_loop(lambda: run_live(s, self.svc.topology, **kw))
+
+    def compare(self, s: Scenario, **kw: Any) -> Comparison:
+        """Calibrate (the server once per Lab), predict and run ``s`` (labs.compare).
 
         Like :meth:`measure`, it first waits for the machine to be quiet.
         """
-        from labs.calibrate import calibrate
-        from labs.compare import run_comparison
-        from simlib.simulation import check_supported
-
-        check_supported(s)
-        self._configure(s)
-        wait_for_quiet()
+        self._ready(s)
         if self._calibration is None:
-            self._calibration = calibrate(self.svc.primary)
+            self._calibration = calibrate(self.svc.topology.primary.dsn)
+        calibration = self._calibration
         return _off_the_loop(lambda: run_comparison(
-            s, self.svc.primary, calibration=self._calibration,
-            admin_dsn=self.svc.primary_admin, replicas=self.svc.replicas,
-            redis_url=self.svc.redis, **kw))
+            s, self.svc.topology, calibration=calibration, **kw))
 
     def compare_and_check(
         self,
@@ -248,16 +230,14 @@ def wait_for_quiet(
     /proc); after ``patience`` seconds the run goes ahead anyway, and its own
     checks decide.
     """
-    from labs.validate import busy_cores
-
     deadline = time.monotonic() + patience
-    busy = busy_cores(quiet_for)
+    busy = host.busy_cores(quiet_for)
     waited = False
     while busy is not None and busy > cores and time.monotonic() < deadline:
         if not waited:
             print(f"(the machine is busy: {busy:.1f} cores in use; waiting for it to calm down)")
             waited = True
-        busy = busy_cores(quiet_for)
+        busy = host.busy_cores(quiet_for)
     return busy
 
 
@@ -266,15 +246,12 @@ def what_if(comparison: Any) -> tuple[SimulationResult, dict]:
 
     The prediction of a comparison uses connect times and client costs
     calibrated before the run; this one uses the connect times, dispatch and
-    hold costs the run's own requests showed (labs.validate.measured_inputs).
+    hold costs the run's own requests showed (:meth:`labs.compare.Comparison.measured_inputs`).
     Where the two predictions differ, the machine changed under the run; where
     this one agrees with the measurement, the model's queueing is right.
     ``inputs`` has the means: ``connect_ms``, ``dispatch_ms``, ``hold_ms``.
     """
-    from labs.validate import measured_inputs
-
-    values, inputs = measured_inputs(comparison)
-    return simulate(comparison.predicted.with_values(values)), inputs
+    return comparison.what_if()
 
 
 def _tolerance_checks(tolerances: Mapping[str, Mapping[str, float]]) -> Callable[[Any], list[str]]:
@@ -403,6 +380,7 @@ def check(
                else f"{builtins.abs(diff):g} {side}")
         bound = f"±{rel:.0%}"
     else:
+        assert abs is not None
         ok = math.isfinite(diff) and builtins.abs(diff) <= abs
         how = f"{builtins.abs(diff):.3f} {side}"
         bound = f"±{abs:g}"
@@ -453,10 +431,11 @@ def plot_side_by_side(
         _, ax = plt.subplots(figsize=(1.8 + 1.6 * len(metrics), 3.2))
     x = np.arange(len(metrics))
     pv = [p[n].value if n in p else math.nan for n in metrics]
-    err = [[0.0 if (n not in p or p[n].ci95 is None) else p[n].value - p[n].ci95[0]
-            for n in metrics],
-           [0.0 if (n not in p or p[n].ci95 is None) else p[n].ci95[1] - p[n].value
-            for n in metrics]]
+    def half(n: str, side: int) -> float:
+        ci = p[n].ci95 if n in p else None
+        return 0.0 if ci is None else abs(ci[side] - p[n].value)
+
+    err = [[half(n, 0) for n in metrics], [half(n, 1) for n in metrics]]
     mv = [m[n].value if n in m else math.nan for n in metrics]
     ax.bar(x - 0.2, pv, 0.4, yerr=err, capsize=3, label="predicted (simlib)", color="#4C72B0")
     ax.bar(x + 0.2, mv, 0.4, label="measured (labs)", color="#DD8452")
@@ -486,7 +465,7 @@ def plot_sweep(
     groups = [(None, table)] if by is None else list(table.groupby(by))
     for key, part in groups:
         part = part.sort_values(x)
-        name = label or (LABELS.get(metric, metric) if key is None else f"{by} = {key}")
+        name = label or (LABELS.get(metric, metric) if key is None else f"{by} = {key!s}")
         line, = ax.plot(part[x], part[metric], marker="o", label=name, **plot_kw)
         low, high = f"{metric}_low", f"{metric}_high"
         if low in part and high in part:

@@ -24,15 +24,22 @@ their query, and the executor cancels what still runs on the server.
 
 Service times come from simlib's "service" stream in arrival order.
 
+**Threads or an event loop, one text.**  The schedule, the clients and the
+drain are written once, as steps (:mod:`labs.steps`); a :class:`ThreadRunner`
+runs them for thread-based drivers (a ``ThreadPoolExecutor`` for open-loop
+requests, a thread per closed-loop client) and a :class:`LoopRunner` for
+asyncio drivers (a task per request or client).  :func:`drive` picks the runner
+by ``driver.asynchronous`` and opens, drives and closes the driver.
+
 **One run over several processes.**  One Python process can only keep so
-many requests on schedule (its CPU, and the GIL).  :func:`run_async` can run
+many requests on schedule (its CPU, and the GIL).  :func:`drive` can run
 one *share* of an open-loop run: with ``share=(k, n)`` the process walks the
 whole schedule (the same arrival and service times) but issues only the
 requests whose index is ``k`` modulo ``n``, and ``start_at`` gives all
 processes one time zero; the caller merges their records.  The harness
 benchmark uses it (bench/bench_harness.py ``--processes``).
 
-**Event loop.**  :func:`run_async` (the asyncpg scenarios) runs on uvloop, a
+**Event loop.**  An asyncio driver's run (asyncpg) runs on uvloop, a
 libuv-based drop-in replacement for asyncio's loop, when it is installed (it
 is a project dependency), and on asyncio's standard loop otherwise or when
 ``LABS_EVENT_LOOP=asyncio`` is set.  uvloop does the loop's own work (timers,
@@ -61,19 +68,25 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
-from labs.drivers.common import Record, RunContext
+from labs.records import Record, RunContext
+from labs.steps import Steps, run, run_async
+from simlib.scenario import Scenario
 from simlib.streams import _BATCH, Streams, generator
 from simlib.workload import FAILED_REQUEST_PAUSE
 
 __all__ = [
+    "LoadFacts",
+    "LoopRunner",
+    "ThreadRunner",
     "arrival_times",
+    "drive",
     "event_loop_factory",
     "event_loop_name",
-    "run_async",
-    "run_threaded",
     "thread_count",
 ]
 
@@ -158,7 +171,7 @@ class _Collector:
         self.next = 0.0
         self.saved = gc.get_threshold()
 
-    def __enter__(self) -> _Collector:
+    def __enter__(self) -> _Collector:  # noqa: PYI034
         self.active = gc.isenabled() and gc.get_freeze_count() == 0
         if self.active:
             self.saved = gc.get_threshold()
@@ -172,7 +185,7 @@ class _Collector:
             self.next = now + self.period
             gc.freeze()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.active:
             self.active = False
             gc.set_threshold(*self.saved)
@@ -223,300 +236,329 @@ class _Shared:
                 self.pending -= 1
 
 
-def _sleep_until(ctx: RunContext, t: float) -> None:
-    delay = t - ctx.now()
-    if delay > 0:
+class Driven(Protocol):
+    """What the load generator asks of a driver (a plain one, or the keyed path)."""
+
+    @property
+    def asynchronous(self) -> bool: ...
+
+    @property
+    def limit(self) -> int | None: ...
+
+    def opening(self) -> Steps[None]: ...
+
+    def serve(self, rec: Record) -> Steps[bool]: ...
+
+    def closing(self) -> Steps[None]: ...
+
+    def details(self) -> dict[str, object]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFacts:
+    """How the load went: whether the drain limit cut it short, and how many threads ran it."""
+
+    drain_limit_hit: bool
+    threads: int
+
+
+class Load:
+    """One run's load, as steps: the open-loop schedule, the closed-loop clients, the drain."""
+
+    def __init__(
+        self,
+        driver: Driven,
+        ctx: RunContext,
+        scenario: Scenario,
+        *,
+        drain_limit: float,
+        progress: bool,
+        collector: _Collector,
+        share: tuple[int, int] | None = None,
+    ) -> None:
+        w = scenario.workload
+        self.driver = driver
+        self.ctx = ctx
+        self.scenario = scenario
+        self.drain_limit = drain_limit
+        self.end = w.warmup + w.duration
+        self.shared = _Shared(w.warmup, self.end)
+        self.collector = collector
+        self.bar = _Progress(progress, ctx, self.end)
+        self.share = share
+        streams = Streams(scenario.seed, 0)
+        self.service = streams.distribution("service", scenario.query.service_time)
+        # The keyed path (labs/access.py) draws each request's key in arrival order.
+        self.assign: Callable[[Record], None] | None = getattr(driver, "assign", None)
+        self.limit_hit = False
+        self._lock = threading.Lock()  # closed-loop clients draw service times in turn
+        self._counter = iter(range(10**12))
+
+    def schedule(self) -> Iterator[Record]:
+        """The open loop's requests in arrival order (only this process's share of them)."""
+        mine, of = self.share if self.share is not None else (0, 1)
+        service, assign = self.service, self.assign
+        for i, t in enumerate(arrival_times(self.scenario.seed, self.scenario.workload.rate)):
+            drawn = service()  # every request's draw, to keep the stream in step
+            if of > 1 and i % of != mine:
+                continue
+            rec = Record(i, t, drawn)
+            if assign is not None:
+                assign(rec)
+            yield rec
+
+    def open_loop(
+        self, sleep: Callable[[float], Any], start: Callable[[Record], None]
+    ) -> Steps[None]:
+        """Send each request at its scheduled time; go on until the window's requests are done."""
+        ctx, shared, collector = self.ctx, self.shared, self.collector
+        records, now, end = shared.records, ctx.now, self.end
+        for rec in self.schedule():
+            t = rec.scheduled
+            if t >= end:
+                if shared.pending == 0:
+                    break
+                if now() >= end + self.drain_limit:
+                    self.limit_hit = True
+                    break
+            if t >= collector.next:  # also when late and not sleeping
+                collector.tick(t)
+            delay = t - now()
+            if delay > 0:
+                # Early: wait for the schedule.  Late (the client was busy): start
+                # this and every other request that is due without waiting, so a
+                # backlog is cleared in one pass.
+                self.bar.tick(records)
+                yield sleep, (delay,)
+            shared.add(rec)
+            start(rec)
+
+    def client(self, k: int, sleep: Callable[[float], Any]) -> Steps[None]:
+        """Closed-loop client ``k``: think, send a request, wait for its answer, again."""
+        ctx, shared, w = self.ctx, self.shared, self.scenario.workload
+        rng = np.random.Generator(
+            np.random.PCG64(np.random.SeedSequence(self.scenario.seed, spawn_key=(0, 3, k)))
+        )
+        thinking = w.think_time > 0
+        t = float(rng.exponential(w.think_time)) if thinking else 0.0
+        while t < self.end and not ctx.stopping.is_set():
+            delay = t - ctx.now()
+            if delay > 0:
+                yield sleep, (delay,)
+            with self._lock:
+                rec = Record(next(self._counter), t, self.service())
+                rec.client = k
+                if self.assign is not None:
+                    self.assign(rec)
+            shared.add(rec)
+            try:
+                ok = yield from self.driver.serve(rec)
+            finally:
+                shared.done(rec)
+            now = ctx.now()
+            if thinking:
+                t = now + float(rng.exponential(w.think_time))
+            elif not ok and now - (rec.started or now) < FAILED_REQUEST_PAUSE:
+                t = now + FAILED_REQUEST_PAUSE
+            else:
+                t = now
+
+    def wait_while(
+        self, busy: Callable[[], bool], sleep: Callable[[float], Any], poll: float
+    ) -> Steps[None]:
+        """Wait while ``busy()`` (closed-loop clients are still running), up to the drain limit."""
+        deadline = self.end + self.drain_limit
+        while busy():
+            if self.ctx.now() >= deadline:
+                self.limit_hit = True
+                break
+            yield sleep, (poll,)
+            self.collector.tick(self.ctx.now())
+            self.bar.tick(self.shared.records)
+
+
+class ThreadRunner:
+    """Runs a load on threads: a pool of workers for open-loop requests, one per client."""
+
+    asynchronous = False
+    poll = 0.05
+
+    def __init__(self, load: Load, threads: int) -> None:
+        self.load = load
+        self.threads = threads
+        self.pool: ThreadPoolExecutor | None = None
+        self.clients: list[threading.Thread] = []
+
+    def sleep(self, delay: float) -> None:
         time.sleep(delay)
 
+    def blocking(self, call: Callable[[], None]) -> None:
+        call()
 
-def run_threaded(
-    driver,
-    ctx: RunContext,
-    scenario,
-    *,
-    threads: int,
-    drain_limit: float,
-    progress: bool = False,
-    on_stop: Callable[[], None] | None = None,
-) -> tuple[list[Record], dict]:
-    """Drive a thread-based driver; returns the records and facts about the run.
+    def start(self, rec: Record) -> None:
+        assert self.pool is not None
+        self.pool.submit(self._request, rec)
 
-    ``on_stop`` is called when the drain limit is reached with requests still
-    running (the executor cancels our server queries there).
-    """
-    with _Collector() as collector:
-        return _run_threaded(
-            driver,
-            ctx,
-            scenario,
-            threads=threads,
-            drain_limit=drain_limit,
-            progress=progress,
-            on_stop=on_stop,
-            collector=collector,
-        )
-
-
-def _run_threaded(
-    driver, ctx, scenario, *, threads, drain_limit, progress, on_stop, collector
-) -> tuple[list[Record], dict]:
-    w = scenario.workload
-    start, end = w.warmup, w.warmup + w.duration
-    shared = _Shared(start, end)
-    service = Streams(scenario.seed, 0).distribution("service", scenario.query.service_time)
-    # The keyed path (labs/access.py) draws each request's key in arrival order.
-    assign = getattr(driver, "assign", None)
-    service_lock = threading.Lock()
-    bar = _Progress(progress, ctx, end)
-    limit_hit = False
-
-    def work(rec: Record) -> None:
+    def _request(self, rec: Record) -> None:
         try:
-            driver.serve(rec)
+            run(self.load.driver.serve(rec))
         finally:
-            shared.done(rec)
+            self.load.shared.done(rec)
 
-    if w.kind == "open":
-        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="labs-req")
+    def load_steps(self) -> Steps[None]:
+        load = self.load
+        if load.scenario.workload.kind == "open":
+            self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="labs-req")
+            yield from load.open_loop(self.sleep, self.start)
+            return
+        for k in range(load.scenario.workload.clients):
+            th = threading.Thread(target=run, args=(load.client(k, self.sleep),),
+                                  name=f"labs-client-{k}", daemon=True)
+            self.clients.append(th)
+            th.start()
+        yield from load.wait_while(lambda: any(t.is_alive() for t in self.clients),
+                                   self.sleep, self.poll)
+
+    def must_cancel(self) -> bool:
+        """Cut short by the drain limit, or the window's requests not done: cancel what runs.
+
+        Requests sent after the window may finish on their own (``stop`` waits).
+        """
+        return self.load.limit_hit or self.load.shared.pending > 0
+
+    def stop(self) -> None:
+        """Let what still runs finish (queued requests skip their query)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        for th in self.clients:
+            th.join(timeout=10.0)
+
+
+class LoopRunner:
+    """Runs a load on the event loop: a task per open-loop request, one per client."""
+
+    asynchronous = True
+    poll = 0.02
+
+    def __init__(self, load: Load) -> None:
+        self.load = load
+        self.threads = 1
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def sleep(self, delay: float) -> Any:
+        return asyncio.sleep(delay)
+
+    def blocking(self, call: Callable[[], None]) -> Any:
+        return asyncio.to_thread(call)  # a blocking call (psycopg2) must not stall the loop
+
+    def start(self, rec: Record) -> None:
+        self.tasks.add(asyncio.get_running_loop().create_task(self._request(rec)))
+
+    async def _request(self, rec: Record) -> None:
+        """One open-loop request, as its own task."""
         try:
-            for i, t in enumerate(arrival_times(scenario.seed, w.rate)):
-                if t >= end:
-                    if shared.pending == 0:
-                        break
-                    if ctx.now() >= end + drain_limit:
-                        limit_hit = True
-                        break
-                collector.tick(t)
-                _sleep_until(ctx, t)
-                rec = Record(i, t, service())
-                if assign is not None:
-                    assign(rec)
-                shared.add(rec)
-                pool.submit(work, rec)
-                bar.tick(shared.records)
+            await run_async(self.load.driver.serve(rec))
+        finally:
+            self.load.shared.done(rec)
+            # Here rather than in a done callback: one loop callback less per request.
+            self.tasks.discard(asyncio.current_task())
+
+    def load_steps(self) -> Steps[None]:
+        load = self.load
+        if load.scenario.workload.kind == "open":
+            yield from load.open_loop(self.sleep, self.start)
+            return
+        for k in range(load.scenario.workload.clients):
+            task = asyncio.get_running_loop().create_task(run_async(load.client(k, self.sleep)))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        yield from load.wait_while(lambda: bool(self.tasks), self.sleep, self.poll)
+
+    def must_cancel(self) -> bool:
+        """Anything still running is cancelled (``stop``): its queries first, on the server."""
+        return bool(self.tasks)
+
+    async def stop(self) -> None:
+        """Cancel what still runs and wait for it to clean up."""
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+Runner = ThreadRunner | LoopRunner
+
+
+def _session(
+    driver: Driven,
+    load: Load,
+    runner: Runner,
+    on_start: Callable[[], None] | None,
+    on_stop: Callable[[], None] | None,
+    start_at: float | None,
+) -> Steps[tuple[list[Record], LoadFacts]]:
+    """Open the driver, start the clock, run the load, stop, close the driver."""
+    ctx = load.ctx
+    yield from driver.opening()
+    try:
+        if start_at is not None:
+            yield runner.sleep, (max(0.0, start_at - time.perf_counter()),)
+        ctx.restart_clock(start_at)
+        if on_start is not None:
+            on_start()
+        try:
+            yield from runner.load_steps()
         finally:
             # Requests sent after the window only kept the load up; from now on
-            # they skip their query (and queued ones are dropped).
+            # they skip their query, and where the run must cut requests short
+            # the executor cancels their queries on the server (``on_stop``).
             ctx.stopping.set()
-            if (limit_hit or shared.pending) and on_stop is not None:
-                on_stop()
-            pool.shutdown(wait=True, cancel_futures=True)
-    else:
-        think_mean = w.think_time
-        counter = iter(range(10**12))
-
-        def client(k: int) -> None:
-            rng = np.random.Generator(
-                np.random.PCG64(np.random.SeedSequence(scenario.seed, spawn_key=(0, 3, k)))
-            )
-            think = (lambda: float(rng.exponential(think_mean))) if think_mean > 0 else None
-            t = think() if think else 0.0
-            while t < end and not ctx.stopping.is_set():
-                _sleep_until(ctx, t)
-                with service_lock:
-                    rec = Record(next(counter), t, service())
-                    rec.client = k
-                    if assign is not None:
-                        assign(rec)
-                shared.add(rec)
-                try:
-                    ok = driver.serve(rec)
-                finally:
-                    shared.done(rec)
-                now = ctx.now()
-                if think:
-                    t = now + think()
-                elif not ok and now - rec.started < FAILED_REQUEST_PAUSE:
-                    t = now + FAILED_REQUEST_PAUSE
-                else:
-                    t = now
-
-        workers = [
-            threading.Thread(target=client, args=(k,), name=f"labs-client-{k}", daemon=True)
-            for k in range(w.clients)
-        ]
-        for th in workers:
-            th.start()
-        deadline = end + drain_limit
-        while any(th.is_alive() for th in workers):
-            if ctx.now() >= deadline:
-                limit_hit = True
-                ctx.stopping.set()
-                if on_stop is not None:
-                    on_stop()
-                break
-            time.sleep(0.05)
-            collector.tick(ctx.now())
-            bar.tick(shared.records)
-        for th in workers:
-            th.join(timeout=10.0)
-    return list(shared.records), {"drain_limit_hit": limit_hit, "threads": threads}
+            if on_stop is not None and runner.must_cancel():
+                yield runner.blocking, (on_stop,)
+            yield runner.stop, ()
+    finally:
+        yield from driver.closing()
+    return list(load.shared.records), LoadFacts(load.limit_hit, runner.threads)
 
 
-def run_async(
-    driver,
+def drive(
+    driver: Driven,
     ctx: RunContext,
-    scenario,
+    scenario: Scenario,
     *,
     drain_limit: float,
     progress: bool = False,
-    on_stop: Callable[[], None] | None = None,
     on_start: Callable[[], None] | None = None,
+    on_stop: Callable[[], None] | None = None,
     share: tuple[int, int] | None = None,
     start_at: float | None = None,
-) -> tuple[list[Record], dict]:
-    """Drive the asyncpg driver on a fresh event loop (opens and closes it too).
+    threads: int | None = None,
+) -> tuple[list[Record], LoadFacts]:
+    """Open ``driver``, run ``scenario``'s load through it, close it: the records and facts.
 
-    The loop is uvloop's when available (see the module docstring,
-    :func:`event_loop_name`).  ``on_start`` is called once the pool is open
-    and the clock restarted.  ``share=(k, n)``: issue only the open-loop
-    requests whose index is ``k`` modulo ``n``; ``start_at``: the
-    ``time.perf_counter()`` value that is time zero (the pool is opened
-    before it), so that ``n`` processes run one schedule together.
+    ``on_start`` is called once the driver is open and the clock restarted
+    (the probes start there); ``on_stop`` when the run has to cut requests
+    short (the executor cancels our server queries there; see the runners'
+    ``must_cancel``).
+    ``share=(k, n)``: issue only the open-loop requests whose index is ``k``
+    modulo ``n``; ``start_at``: the ``time.perf_counter()`` value that is
+    time zero (the driver is opened before it), so that ``n`` processes run
+    one schedule together.  ``threads``: worker threads for an open loop of a
+    thread-based driver (default :func:`thread_count`).
     """
+    w = scenario.workload
     if share is not None:
         k, n = share
-        if scenario.workload.kind != "open" or not 0 <= k < n:
+        if w.kind != "open" or not 0 <= k < n:
             raise ValueError(f"share={share}: only an open loop can be shared, "
                              "as k of n (0 <= k < n)")
         if getattr(driver, "assign", None) is not None:
             raise ValueError("share: the keyed path draws keys in arrival order; run it whole")
-    with _Collector() as collector, asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        return runner.run(
-            _run_async(
-                driver,
-                ctx,
-                scenario,
-                drain_limit=drain_limit,
-                progress=progress,
-                on_stop=on_stop,
-                on_start=on_start,
-                collector=collector,
-                share=share,
-                start_at=start_at,
-            )
-        )
-
-
-async def _run_async(
-    driver, ctx, scenario, *, drain_limit, progress, on_stop, on_start, collector,
-    share=None, start_at=None,
-):
-    w = scenario.workload
-    start, end = w.warmup, w.warmup + w.duration
-    shared = _Shared(start, end)
-    service = Streams(scenario.seed, 0).distribution("service", scenario.query.service_time)
-    # The keyed path (labs/access.py) draws each request's key in arrival order.
-    assign = getattr(driver, "assign", None)
-    bar = _Progress(progress, ctx, end)
-    limit_hit = False
-    await driver.open()
-    if start_at is not None:
-        await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
-    ctx.restart_clock(start_at)
-    if on_start is not None:
-        on_start()
-    mine, of = share if share is not None else (0, 1)
-    tasks: set[asyncio.Task] = set()
-    loop = asyncio.get_running_loop()
-
-    # Everything below runs on the loop's one thread: ``shared`` needs no lock.
-    async def work(rec: Record) -> bool:
-        try:
-            return await driver.serve(rec)
-        finally:
-            if start <= rec.scheduled < end:
-                shared.pending -= 1
-
-    async def request(rec: Record) -> None:
-        """One open-loop request, as its own task."""
-        try:
-            await driver.serve(rec)
-        finally:
-            if start <= rec.scheduled < end:
-                shared.pending -= 1
-            # Here rather than in a done callback: one loop callback less per request.
-            tasks.discard(asyncio.current_task(loop))
-
-    try:
-        if w.kind == "open":
-            create_task = loop.create_task
-            records = shared.records
-            now = ctx.now
-            for i, t in enumerate(arrival_times(scenario.seed, w.rate)):
-                if t >= end:
-                    if shared.pending == 0:
-                        break
-                    if now() >= end + drain_limit:
-                        limit_hit = True
-                        break
-                if of > 1:
-                    drawn = service()  # every request's draw, to keep the stream in step
-                    if i % of != mine:
-                        continue
-                if t >= collector.next:  # also when late and not sleeping
-                    collector.tick(t)
-                delay = t - now()
-                if delay > 0:
-                    # Early: wait for the schedule.  Late (the loop was busy): start
-                    # this and every other request that is due without yielding, so
-                    # a backlog is cleared in one pass.
-                    if progress:
-                        bar.tick(records)
-                    await asyncio.sleep(delay)
-                rec = Record(i, t, drawn if of > 1 else service())
-                if assign is not None:
-                    assign(rec)
-                records.append(rec)
-                if start <= t < end:
-                    shared.pending += 1
-                tasks.add(create_task(request(rec)))
-        else:
-            counter = iter(range(10**12))
-
-            async def client(k: int) -> None:
-                rng = np.random.Generator(
-                    np.random.PCG64(np.random.SeedSequence(scenario.seed, spawn_key=(0, 3, k)))
-                )
-                thinking = w.think_time > 0
-                t = float(rng.exponential(w.think_time)) if thinking else 0.0
-                while t < end and not ctx.stopping.is_set():
-                    delay = t - ctx.now()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    rec = Record(next(counter), t, service())
-                    rec.client = k
-                    if assign is not None:
-                        assign(rec)
-                    shared.add(rec)
-                    ok = await work(rec)
-                    now = ctx.now()
-                    if thinking:
-                        t = now + float(rng.exponential(w.think_time))
-                    elif not ok and now - rec.started < FAILED_REQUEST_PAUSE:
-                        t = now + FAILED_REQUEST_PAUSE
-                    else:
-                        t = now
-
-            for k in range(w.clients):
-                task = asyncio.create_task(client(k))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        deadline = end + drain_limit
-        while tasks and (w.kind == "closed" or shared.pending):
-            if ctx.now() >= deadline:
-                limit_hit = True
-                break
-            await asyncio.sleep(0.02)
-            collector.tick(ctx.now())
-            bar.tick(shared.records)
-    finally:
-        if tasks:
-            ctx.stopping.set()
-            if on_stop is not None:
-                await asyncio.to_thread(on_stop)
-            for task in list(tasks):
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        await driver.close()
-    return list(shared.records), {"drain_limit_hit": limit_hit, "threads": 1}
+    with _Collector() as collector:
+        load = Load(driver, ctx, scenario, drain_limit=drain_limit, progress=progress,
+                    collector=collector, share=share)
+        if not driver.asynchronous:
+            n = threads or thread_count(driver.limit, w.kind, w.clients)
+            return run(_session(driver, load, ThreadRunner(load, n), on_start, on_stop, start_at))
+        with asyncio.Runner(loop_factory=event_loop_factory()) as loop:
+            runner = LoopRunner(load)
+            return loop.run(run_async(_session(driver, load, runner, on_start, on_stop, start_at)))

@@ -37,18 +37,20 @@ costs -- changed under load from what the calibration saw).
 from __future__ import annotations
 
 import math
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from labs.calibrate import calibrate, charged_checkout, charged_round_trips, client_samples
-from labs.compare import Comparison, run_comparison
-from labs.services.discovery import requirements
+from labs.calibrate import Calibration, calibrate
+from labs.compare import run_comparison
+from labs.executor import LiveResult
+from labs.host import busy_cores
+from labs.json_out import json_safe
+from labs.services import Services, configure, services_for
+from simlib.metrics import Estimate
 from simlib.scenario import Scenario, ScenarioError, load_scenario
-from simlib.simulation import simulate
 
 SUITE_DIR = Path(__file__).parent / "suite"
 
@@ -127,7 +129,8 @@ def score(goal: Goal, predicted: float | None, measured: float | None,
     diff = predicted - measured
     if goal.kind == "abs":
         # the float noise of a share computed two ways (0.03 vs 0.0300000001)
-        error, passed = diff, abs(diff) <= goal.tolerance + 1e-9
+        error: float | None = diff
+        passed = abs(diff) <= goal.tolerance + 1e-9
     else:
         # no relative error against a measured 0 (None), unless both are 0
         error = diff / measured if measured else (0.0 if diff == 0 else None)
@@ -138,22 +141,24 @@ def score(goal: Goal, predicted: float | None, measured: float | None,
             "error": error, "passed": bool(passed)}
 
 
-def _value(doc: dict, name: str) -> float | None:
-    m = doc.get("metrics", {}).get(name)
-    v = None if m is None else m.get("value")
-    return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
+def _finite(x: object) -> float | None:
+    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
 
 
-def evidence(measured: dict) -> dict[str, object]:
+def _predicted(metrics: dict[str, Estimate], name: str) -> float | None:
+    est = metrics.get(name)
+    return None if est is None else _finite(est.value)
+
+
+def evidence(live: LiveResult) -> dict[str, object]:
     """What a miss is explained with: client/host CPU, scheduler lag, the server's view."""
-    details = measured.get("details", {})
+    details, server, m = live.details, live.server, live.metrics
     cpu = details.get("cpu", {})
-    server = measured.get("server", {})
     return {
-        "offered_rps": _value(measured, "offered_rps"),
-        "achieved_rate_rps": _value(measured, "achieved_rate_rps"),
-        "scheduler_lag_mean_ms": _value(measured, "scheduler_lag_mean_ms"),
-        "scheduler_lag_p99_ms": _value(measured, "scheduler_lag_p99_ms"),
+        "offered_rps": _finite(m.get("offered_rps")),
+        "achieved_rate_rps": _finite(m.get("achieved_rate_rps")),
+        "scheduler_lag_mean_ms": _finite(m.get("scheduler_lag_mean_ms")),
+        "scheduler_lag_p99_ms": _finite(m.get("scheduler_lag_p99_ms")),
         "client_cores": cpu.get("client_cores"),
         "host_busy_cores": cpu.get("host_busy_cores"),
         "host_cores": cpu.get("host_cores"),
@@ -165,108 +170,44 @@ def evidence(measured: dict) -> dict[str, object]:
     }
 
 
-def _mean_ms(xs: Sequence[float]) -> float | None:
-    return statistics.fmean(xs) * 1e3 if xs else None
-
-
-def measured_inputs(comparison: Comparison) -> tuple[dict[str, object], dict]:
-    """The machine inputs as they were *during* the live run, for the what-if.
-
-    Returns ``(values for Scenario.with_values, summary)``: connect times the
-    run's own connects took, and the client's dispatch and hold costs read
-    from its records the same way :func:`labs.calibrate.calibrate_client`
-    reads them from its light-load run (taking off the round trips simlib
-    charges, from the comparison's own calibration).  A new backend's first
-    query is inside the run's hold times here, so the connect samples go
-    without it.
-    """
-    live = comparison.live
-    scenario = comparison.predicted
-    w = scenario.workload
-    cal = comparison.document["calibration"]
-    rtt = cal["rtt"] + cal["query_overhead"]
-    dispatch, hold = client_samples(live.records, w.warmup, w.warmup + w.duration,
-                                    charged_round_trips(scenario.pool, rtt),
-                                    cached=scenario.cache is not None,
-                                    checkout=charged_checkout(scenario.pool, rtt))
-    values: dict[str, object] = {}
-    summary: dict[str, float | None] = {
-        "connect_ms": _mean_ms(live.connect_durations),
-        "dispatch_ms": _mean_ms(dispatch),
-        "hold_ms": _mean_ms(hold),
-    }
-    if live.connect_durations:
-        values["database.connect_time"] = {"dist": "empirical",
-                                           "samples": list(live.connect_durations)}
-    if dispatch:
-        values["client.dispatch"] = {"dist": "empirical", "samples": dispatch}
-    if hold:
-        values["client.hold"] = {"dist": "empirical", "samples": hold}
-    return values, summary
-
-
-def calibrated_inputs(doc: dict) -> dict[str, float | None]:
-    """The same summary for what the prediction used (calibrated before the run)."""
-    cal = doc["calibration"]
-    client = cal.get("client") or {}
-    return {
-        "connect_ms": statistics.fmean(cal["connect_times"]) * 1e3,
-        "dispatch_ms": client["dispatch"]["mean"] * 1e3 if client else None,
-        "hold_ms": client["hold"]["mean"] * 1e3 if client else None,
-    }
-
-
-def _checks(doc_sim: dict, doc_live: dict, duration: float,
-            ranges: dict | None = None) -> list[dict[str, object]]:
+def _checks(predicted: dict[str, Estimate], live: LiveResult, duration: float,
+            ranges: dict[str, list[float] | None] | None = None) -> list[dict[str, object]]:
     checks = []
     for g in GOALS:
-        c = score(g, _value(doc_sim, g.metric), _value(doc_live, g.metric), duration)
+        c = score(g, _predicted(predicted, g.metric), _finite(live.metrics.get(g.metric)),
+                  duration)
         rng = (ranges or {}).get(g.metric)
         if rng is not None and c["measured"] is not None:
             c["single_run_range"] = rng
-            c["in_single_run_range"] = bool(rng[0] <= c["measured"] <= rng[1])
+            c["in_single_run_range"] = bool(rng[0] <= c["measured"] <= rng[1])  # type: ignore[operator]
         checks.append(c)
     return checks
 
 
-def validate_one(scenario: Scenario, svc, cal, replications: int = REPLICATIONS) -> dict:
+def validate_one(scenario: Scenario, svc: Services, cal: Calibration,
+                 replications: int = REPLICATIONS) -> dict[str, object]:
     """Compare one scenario on ``svc`` with calibration ``cal``; score it against GOALS.
 
     When a goal is missed, the scenario is simulated once more with the
-    inputs measured *during* the live run (:func:`measured_inputs`): if that
-    what-if meets the goal, the queueing model was right and the miss came
-    from an input that changed under load (the evidence is in ``inputs``).
+    inputs measured *during* the live run (:meth:`Comparison.measured_inputs`):
+    if that what-if meets the goal, the queueing model was right and the miss
+    came from an input that changed under load (the evidence is in ``inputs``).
     """
-    note = None
-    wanted = scenario.database.max_connections
-    if svc.can_configure:
-        svc.set_max_connections(wanted)
-    elif svc.max_connections() != wanted:
-        note = (f"server allows {svc.max_connections()} connections, the scenario "
-                f"{wanted}; services from {svc.source} cannot be reconfigured")
-    if scenario.replicas is not None:
-        delay = requirements(scenario)["replica_delay"]
-        if svc.can_configure:
-            svc.set_replica_delay(delay)
-        elif abs(svc.replica_delay() - delay) > 1e-3:
-            note = ((note + "; ") if note else "") + (
-                f"replicas apply with a {svc.replica_delay():g} s delay, the scenario's lag "
-                f"is {delay:g} s; services from {svc.source} cannot be reconfigured")
+    note = configure(scenario, svc)
     t0 = time.perf_counter()
-    comparison = run_comparison(scenario, svc.primary, calibration=cal,
-                                admin_dsn=svc.primary_admin, replications=replications,
-                                replicas=svc.replicas, redis_url=svc.redis)
+    comparison = run_comparison(scenario, svc.topology, calibration=cal,
+                                replications=replications)
     doc = comparison.document
     duration = scenario.workload.duration
-    checks = _checks(doc["simulated"], doc["measured"], duration, doc["single_run_range"])
-    inputs = {"calibrated": calibrated_inputs(doc)}
+    checks = _checks(comparison.simulation.metrics, comparison.live, duration,
+                     doc["single_run_range"])
+    inputs: dict[str, object] = {"calibrated": comparison.calibrated_inputs()}
     what_if = None
     if any(c["passed"] is False for c in checks):
-        values, inputs["during_run"] = measured_inputs(comparison)
-        again = simulate(comparison.predicted.with_values(values)).to_json()
+        again, inputs["during_run"] = comparison.what_if()
         what_if = {
             "inputs": "connect_time, client.dispatch and client.hold measured in the live run",
-            "checks": _checks(again, doc["measured"], duration),
+            "checks": _checks(again.metrics, comparison.live, duration),
         }
     return {
         "scenario": scenario.name,
@@ -277,7 +218,7 @@ def validate_one(scenario: Scenario, svc, cal, replications: int = REPLICATIONS)
         "goals": sum(1 for c in checks if c["passed"] is not None),
         "inputs": inputs,
         "what_if_measured_inputs": what_if,
-        "evidence": evidence(doc["measured"]),
+        "evidence": evidence(comparison.live),
         "note": note,
         "seconds": time.perf_counter() - t0,
         "compare": doc,
@@ -290,54 +231,43 @@ def validate_one(scenario: Scenario, svc, cal, replications: int = REPLICATIONS)
 BUSY_WARNING = 0.3
 
 
-def busy_cores(seconds: float = 1.0) -> float | None:
-    """Cores busy on the host over ``seconds`` (None where /proc/stat is missing)."""
-    from labs.executor import host_busy_seconds
-
-    a = host_busy_seconds()
-    time.sleep(seconds)
-    b = host_busy_seconds()
-    return None if a is None or b is None else (b - a) / seconds
+def _warn_if_busy() -> float | None:
+    before = busy_cores()
+    if before is not None and before > BUSY_WARNING:
+        print(f"labs validate: warning: the machine is already busy ({before:.2f} cores "
+              "in use before the suite); live figures will include that contention",
+              file=sys.stderr, flush=True)
+    return before
 
 
 def validate(
     scenarios: Sequence[Scenario],
     *,
     samples: int = 50,
-    on_row: Callable[[dict], None] | None = None,
+    on_row: Callable[[dict[str, object]], None] | None = None,
 ) -> dict[str, object]:
     """Run the suite on one set of services; the document ``labs validate --json`` prints."""
-    from labs.executor import json_safe
-    from labs.services import services_for
-
     limits = [s.database.max_connections for s in scenarios]
     replicas = max((s.replicas.count for s in scenarios if s.replicas is not None), default=0)
     redis = any(s.cache is not None for s in scenarios)
-    rows: list[dict] = []
+    rows: list[dict[str, object]] = []
     with services_for(max_connections=max(limits) if limits else 100, replicas=replicas,
                       redis=redis) as svc:
-        # measured once the services answer, so a fault is still the only line
-        before = busy_cores()
-        if before is not None and before > BUSY_WARNING:
-            print(f"labs validate: warning: the machine is already busy ({before:.2f} cores "
-                  "in use before the suite); live figures will include that contention",
-                  file=sys.stderr, flush=True)
+        before = _warn_if_busy()  # once the services answer, so a fault is still the only line
         if svc.can_configure:
             # calibrate at the first scenario's limit: connect time does not
             # depend on it, and the first scenario then needs no restart
             svc.set_max_connections(limits[0])
-        cal = calibrate(svc.primary, samples=samples)
+        cal = calibrate(svc.topology.primary.dsn, samples=samples)
         for scenario in scenarios:
             row = validate_one(scenario, svc, cal)
             rows.append(row)
             if on_row is not None:
                 on_row(row)
         source = svc.source
-    met = sum(r["passed"] for r in rows)
-    total = sum(r["goals"] for r in rows)
     cal_doc = cal.to_dict()
     del cal_doc["connect_times"]  # kept once per row in compare.calibration
-    return json_safe({
+    return json_safe({  # type: ignore[return-value]
         "executor": "labs-validate",
         "goals": [{"metric": g.metric, "kind": g.kind, "tolerance": g.tolerance} for g in GOALS],
         "connects_floor": CONNECTS_FLOOR,
@@ -345,7 +275,8 @@ def validate(
         "host_busy_cores_before": before,
         "calibration": cal_doc,
         "rows": rows,
-        "summary": {"scenarios": len(rows), "goals_met": met, "goals": total},
+        "summary": {"scenarios": len(rows), "goals_met": sum(r["passed"] for r in rows),  # type: ignore[misc]
+                    "goals": sum(r["goals"] for r in rows)},  # type: ignore[misc]
     })
 
 
@@ -364,19 +295,18 @@ _SHORT = {
 }
 
 
+#: How the table shows a number: the first row whose bound its size reaches
+#: (smaller ones, and NaN, in scientific notation).
+_FORMATS = ((100.0, ".0f"), (10.0, ".1f"), (1.0, ".2f"), (0.01, ".3f"))
+
+
 def _num(x: float | None) -> str:
     if x is None:
         return "-"
     if x == 0:
         return "0"
-    a = abs(x)
-    if a >= 100:
-        return f"{x:.0f}"
-    if a >= 10:
-        return f"{x:.1f}"
-    if a >= 0.01:
-        return f"{x:.3f}" if a < 1 else f"{x:.2f}"
-    return f"{x:.1e}"
+    spec = next((spec for bound, spec in _FORMATS if abs(x) >= bound), ".1e")
+    return format(x, spec)
 
 
 def _cell(check: dict) -> str:

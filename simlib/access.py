@@ -13,10 +13,11 @@ replicas does it:
    cached version (:mod:`simlib.cache`);  with ``single_flight`` a miss for a
    key already being fetched waits for that fetch and takes its result;
 3. otherwise query the database chosen by ``route_reads`` (the primary, or a
-   replica: :mod:`simlib.replicas`) through that database's pool, exactly as
-   the plain path does: checkout, round trip and service time, reset,
-   return.  The version read is the one visible there when the query
-   starts (a Postgres statement's snapshot is taken at its start);
+   replica: :mod:`simlib.replicas`) through that database's pool, on the one
+   request path every workload uses (:mod:`simlib.request`): checkout, round
+   trip and service time, reset, return.  The version read is the one
+   visible there when the query starts (a Postgres statement's snapshot is
+   taken at its start);
 4. with a cache, ``SETEX k ttl value`` (``hit_time``), then answer.
 
 A **write** of key ``k`` goes through the primary's pool; the new version
@@ -32,42 +33,33 @@ connection (a cache hit does not).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from typing import Any
 
 import simpy
 
 from simlib.cache import CacheAside
-from simlib.database import ConnectionRefused, DatabaseServer
-from simlib.metrics import ERROR, OK, TIMEOUT, Recorder
-from simlib.pools.base import PoolModel, PoolTimeout
+from simlib.metrics import OK, Recorder
 from simlib.replicas import Replica, ReplicaSet
-from simlib.scenario import Client as ClientConfig
-from simlib.scenario import Workload as WorkloadConfig
+from simlib.request import Backend, Outcome, Request
+from simlib.scenario import Scenario
 from simlib.streams import Streams
-from simlib.workload import Request, Workload
+from simlib.workload import Serving, Workload
 
-#: What a database call returns: outcome, when the connection was in hand,
-#: when the query's result was back, and the version read or written.
-DbResult = tuple[int, float | None, float | None, int]
+#: What serving a read or a write returns: outcome, when the connection was in
+#: hand, when the query's result was back (None where that did not happen).
+Served = Generator[simpy.Event, Any, tuple[int, float | None, float | None]]
 
 
 class KeyedWorkload(Workload):
     """The workload with versions per key, a cache-aside cache and read replicas."""
 
     def __init__(
-        self,
-        env: simpy.Environment,
-        config: WorkloadConfig,
-        pool: PoolModel,
-        server: DatabaseServer,
-        recorder: Recorder,
-        service_time: Callable[[], float],
-        streams: Streams,
-        client: ClientConfig | None = None,
-        cache: CacheAside | None = None,
-        replicas: ReplicaSet | None = None,
+        self, env: simpy.Environment, scenario: Scenario, primary: Backend, recorder: Recorder,
+        streams: Streams, cache: CacheAside | None = None, replicas: ReplicaSet | None = None,
     ) -> None:
-        super().__init__(env, config, pool, server, recorder, service_time, streams, True, client)
+        super().__init__(env, scenario, primary, recorder, streams)
+        config = self.config
         self.cache = cache
         self.replicas = replicas
         #: key -> newest version committed on the primary (0 = never written)
@@ -90,39 +82,33 @@ class KeyedWorkload(Workload):
             recorder.replica_reads = [0] * len(replicas.replicas)
 
     # -- one request --------------------------------------------------------
-    def serve(self, client: int = -1):
+    def serve(self, client: int = -1) -> Serving:
         """Carry one read or write through cache, pool and database; True if it succeeded."""
-        env = self.env
-        recorder = self.recorder
-        request = Request(env.now)
+        request = self.begin(client)
         request.key, request.write = self.next_key()
-        key = request.key
-        if client < 0 and self._user is not None:
-            client = min(int(self._user() * self.config.clients), self.config.clients - 1)
-        measured = recorder.start <= request.arrival < recorder.end
-        if measured:
-            recorder.arrivals += 1
-            self.pending += 1
-        recorder.request_started()
-        newest = self.versions.get(key, 0)  # what a fresh read must return, at least
+        if request.client < 0 and self._user is not None:
+            clients = self.config.clients
+            request.client = min(int(self._user() * clients), clients - 1)
+        newest = self.versions.get(request.key, 0)  # what a fresh read must return, at least
         if self._dispatch is not None:
-            yield env.timeout(self._dispatch())
+            yield self.env.timeout(self._dispatch())
         if request.write:
-            outcome, got, done = yield from self._serve_write(request, measured, client)
+            outcome, got, done = yield from self._serve_write(request)
         else:
-            outcome, got, done = yield from self._serve_read(request, measured, client, newest)
-        self._finish(request, measured, outcome, got, done)
+            outcome, got, done = yield from self._serve_read(request, newest)
+        self.finish(request, outcome, got, done)
         return outcome == OK
 
-    def _serve_read(self, request: Request, measured: bool, client: int, newest: int):
+    def _serve_read(self, request: Request, newest: int) -> Served:
         env = self.env
         recorder = self.recorder
         cache = self.cache
         key = request.key
+        measured = request.measured
         fill: simpy.Event | None = None
         if cache is not None:
             if measured:
-                recorder.cache_lookups += 1
+                recorder.cache_lookups += 1  # type: ignore[operator]  # set with a cache
             version = cache.lookup(key)
             if cache.hit_time:
                 yield env.timeout(cache.hit_time)
@@ -136,19 +122,13 @@ class KeyedWorkload(Workload):
                 if leader is not None:
                     # Someone is already fetching this key: wait and share it.
                     if measured:
-                        recorder.cache_coalesced += 1
+                        recorder.cache_coalesced += 1  # type: ignore[operator]
                     outcome, version = yield leader
                     if outcome == OK:
                         self._returned(version, newest, measured)
                     return outcome, None, None
                 fill = cache.inflight[key] = env.event()
-        replica = None if self.replicas is None else self.replicas.route(client)
-        if measured and self.replicas is not None:
-            if replica is None:
-                recorder.primary_reads += 1
-            else:
-                recorder.replica_reads[replica.index] += 1
-        outcome, got, done, version = yield from self._database(request, measured, replica)
+        outcome, got, done, version = yield from self._read_database(request)
         if cache is not None:
             if outcome == OK:
                 cache.fill(key, version)
@@ -161,13 +141,44 @@ class KeyedWorkload(Workload):
             self._returned(version, newest, measured)
         return outcome, got, done
 
-    def _serve_write(self, request: Request, measured: bool, client: int):
-        outcome, got, done, version = yield from self._database(
-            request, measured, None, writer=client
+    def _read_database(self, request: Request) -> Generator[simpy.Event, Any, Outcome]:
+        """The read's query, on the database ``route_reads`` picks; the version it saw."""
+        key = request.key
+        replicas = self.replicas
+        replica: Replica | None = None if replicas is None else replicas.route(request.client)
+        if request.measured and replicas is not None:
+            if replica is None:
+                self.recorder.primary_reads += 1
+            else:
+                self.recorder.replica_reads[replica.index] += 1  # type: ignore[index]
+        if replica is None:
+            # The statement's snapshot is taken as it starts.
+            versions = self.versions
+            outcome = yield from self.path.use(
+                request, self.primary, snapshot=lambda _got: versions.get(key, 0)
+            )
+        else:
+            outcome = yield from self.path.use(
+                request, replica.backend, snapshot=lambda got: replica.version(key, got)
+            )
+        return outcome
+
+    def _serve_write(self, request: Request) -> Served:
+        key = request.key
+
+        def commit() -> int:
+            # The new version commits when the query's result is back.
+            version = self.versions[key] = self.versions.get(key, 0) + 1
+            if self.replicas is not None:
+                self.replicas.committed(key, version, request.client)
+            return version
+
+        outcome, got, done, version = yield from self.path.use(
+            request, self.primary, commit=commit
         )
         cache = self.cache
         if outcome == OK and cache is not None:
-            if cache.after_write(request.key, version) and cache.hit_time:
+            if cache.after_write(key, version) and cache.hit_time:
                 yield self.env.timeout(cache.hit_time)
         return outcome, got, done
 
@@ -178,50 +189,3 @@ class KeyedWorkload(Workload):
             recorder.reads_returned += 1
             if version < newest:
                 recorder.stale_reads += 1
-
-    def _database(
-        self, request: Request, measured: bool, replica: Replica | None, writer: int | None = None
-    ):
-        """One query through a pool: the plain path's steps, with a version read or written.
-
-        ``replica`` None means the primary.  ``writer`` (the client) makes it
-        a write, which commits when the result is back.
-        """
-        env = self.env
-        recorder = self.recorder
-        pool, server = (
-            (self.pool, self.server) if replica is None else (replica.pool, replica.server)
-        )
-        try:
-            conn = yield from pool.checkout(request)
-        except PoolTimeout:
-            return TIMEOUT, None, None, 0
-        except ConnectionRefused:
-            return ERROR, None, None, 0
-        got = env.now
-        recorder.checked_out()
-        if measured:
-            recorder.db_queries += 1
-        key = request.key
-        if writer is None:
-            # The statement's snapshot is taken as it starts.
-            version = self.versions.get(key, 0) if replica is None else replica.version(key, got)
-        reset = pool.reset_delay(conn)
-        if self._hold is not None:
-            reset += self._hold()
-        if server.cpu is None:
-            yield env.timeout(server.rtt + self.service_time())
-        else:
-            if server.rtt:
-                yield env.timeout(server.rtt)
-            yield server.cpu.run(self.service_time())
-        done = env.now
-        if writer is not None:
-            version = self.versions[key] = self.versions.get(key, 0) + 1
-            if self.replicas is not None:
-                self.replicas.committed(key, version, writer)
-        if reset:
-            yield env.timeout(reset)
-        yield from pool.release(conn)
-        recorder.checked_in()
-        return OK, got, done, version

@@ -47,10 +47,39 @@ all the model needs to tell a fresh read from a stale one.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import simpy
 
-from simlib.scenario import Cache as CacheConfig
+from simlib.config import Rule, Section, choice, flag, integer, number
+
+
+@dataclass(frozen=True, slots=True)
+class Cache(Section):
+    """The scenario's ``[cache]``: a cache-aside store (Redis) in front of reads.
+
+    ``single_flight``: stampede protection.  False (the plain cache-aside
+    pattern): every read that misses queries the database, so when a hot key
+    expires all its concurrent readers query at once.  True: one query per key
+    is in flight; other readers that miss wait for it and take its result.
+    """
+
+    RULES: ClassVar[Mapping[str, Rule]] = {
+        "ttl": number(">", 0, inf=True),
+        "capacity": integer(">=", 1),
+        "hit_time": number(">=", 0),
+        "on_write": choice("invalidate", "write_through", "none"),
+        "single_flight": flag,
+    }
+
+    ttl: float = 60.0  # inf = no expiry
+    capacity: int | None = None  # None = unbounded; else LRU eviction
+    hit_time: float = 0.0002
+    on_write: Literal["invalidate", "write_through", "none"] = "invalidate"
+    single_flight: bool = False
+
 
 
 class CacheStore:
@@ -99,7 +128,7 @@ class CacheStore:
 class CacheAside:
     """The cache as the application uses it: the store, its costs, fills in flight."""
 
-    def __init__(self, env: simpy.Environment, config: CacheConfig) -> None:
+    def __init__(self, env: simpy.Environment, config: Cache) -> None:
         self.env = env
         self.config = config
         self.store = CacheStore(config.ttl, config.capacity)

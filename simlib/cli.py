@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from simlib.files import atomic_write
 from simlib.report import plot_run, table
@@ -19,13 +20,13 @@ from simlib.simulation import simulate
 
 
 class UsageError(Exception):
-    pass
+    """A bad command line, reported in one line like a bad scenario."""
 
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit status 2."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UsageError(message)
 
 
@@ -100,7 +101,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from simlib.sweep import parse_grid, plot_sweep, sweep  # pandas: only when sweeping
 
     scenario = load_scenario(args.scenario, args.overrides)
-    grid: dict[str, list] = {}
+    grid: dict[str, list[Any]] = {}
     for spec in args.grid:
         key, values = parse_grid(spec)
         grid[key] = values

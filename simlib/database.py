@@ -31,12 +31,13 @@ What it models, and which real behaviour it follows:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from typing import Any
 
 import simpy
 
+from simlib.config import Database as DatabaseConfig
 from simlib.metrics import Recorder
-from simlib.scenario import Database as DatabaseConfig
 
 
 class ConnectionRefused(Exception):
@@ -121,7 +122,19 @@ class ProcessorSharing:
 
 
 class DatabaseServer:
-    """A Postgres server as the pools and requests see it."""
+    """A Postgres server as the pools and requests see it.
+
+    One object per server, shared by every pool that connects to it: the
+    primary and each replica are one each, and the many pools of a fleet of
+    application processes all share the primary's.  Its connection slots
+    (``max_connections``) and its cores are the server's, whoever uses them.
+
+    What a pool calls, and what a tier that stands between pools and a
+    server (a connection pooler) would provide in its place: ``rtt``,
+    ``connect()`` (or ``begin_connect`` / ``finish_connect`` /
+    ``abandon_connect`` for a connect that may be cancelled), ``preopen()``
+    and ``close(conn)``; a request's query runs on ``cpu`` when that is not None.
+    """
 
     def __init__(
         self,
@@ -167,7 +180,7 @@ class DatabaseServer:
         """The client gave up on an attempt (a timeout cancelled it): free its slot."""
         self.starting -= 1
 
-    def connect(self):
+    def connect(self) -> Generator[simpy.Event, Any, Connection]:
         """Open a connection (a generator for ``yield from``).
 
         Returns the new :class:`Connection`, or raises :class:`ConnectionRefused`

@@ -350,8 +350,11 @@ def _samples(field: str, value: object) -> tuple[float, ...]:
     return tuple(_non_negative(f"{field}[{i}]", x) for i, x in enumerate(value))
 
 
+# A parameter's checker: (dotted field name, value) -> the value to store.
+_Checker: TypeAlias = Callable[[str, object], object]
+
 # For each dist: its class, and a checker for each of its (required) parameters.
-_PARAMETERS: dict[str, tuple[type, dict[str, Callable[[str, object], object]]]] = {
+_PARAMETERS: dict[str, tuple[Callable[..., Distribution], dict[str, _Checker]]] = {
     "constant": (Constant, {"value": _non_negative}),
     "exponential": (Exponential, {"mean": _positive}),
     "lognormal": (Lognormal, {"mean": _positive, "cv": _non_negative}),

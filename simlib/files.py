@@ -11,13 +11,20 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def atomic_write(
-    path: str | os.PathLike, write: Callable[[IO], None], binary: bool = False
+    path: str | os.PathLike[str], write: Callable[[IO[Any]], object], binary: bool = False
 ) -> None:
-    """Call ``write(file)`` on a temporary file, then move it to ``path``."""
+    """Call ``write(file)`` on a temporary file, then move it to ``path``.
+
+    The file is opened for text, or for bytes with ``binary``; whatever
+    ``write`` returns is ignored.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -36,11 +43,12 @@ def atomic_write(
         raise
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
     atomic_write(path, lambda f: f.write(text))
 
 
-def atomic_savefig(fig, path: str | os.PathLike) -> None:
+def atomic_savefig(fig: Figure, path: str | os.PathLike[str]) -> None:
     """Save a matplotlib figure atomically (format from the file's extension)."""
     fmt = Path(path).suffix.lstrip(".") or "png"
     atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=110), binary=True)

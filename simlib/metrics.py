@@ -10,6 +10,23 @@ Two kinds of measurement, both restricted to the measured window
 * **time averages** (open connections, busy connections, requests in flight):
   the area under a step curve between the window's ends, divided by its length.
 
+The cache and replica metrics are ratios of counts that only reads by key
+make (the simulator and the live labs count them alike); without those
+counts they are NaN:
+
+* ``cache_hit_ratio = cache_hits / cache_lookups``: of the reads that asked
+  the cache, the share that found the key;
+* ``cache_coalesced_ratio = cache_coalesced / cache_lookups``: the share that
+  missed, then took the result of another read's query in flight (with
+  ``single_flight``);
+* ``stale_read_ratio = stale_reads / reads_returned``: of the reads that
+  returned a value, the share older than the newest version committed on the
+  primary when the read began;
+* ``replica_read_share`` and ``replica_reads_max_share``, from
+  ``primary_reads`` and ``replica_reads`` (one count per replica): the share
+  of database reads sent to a replica, and the busiest replica's share of
+  those, for how the read load spreads.
+
 One replication gives one number per metric.  Independent replications give
 independent, identically distributed numbers, so a Student-t interval
 ``mean ± t(0.975, R-1) · s / √R`` is a 95% confidence interval for the
@@ -20,12 +37,17 @@ every simulation course (and in Ciw's documentation).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.special import stdtrit  # Student-t quantile; far lighter than scipy.stats
+
+if TYPE_CHECKING:
+    import simpy
 
 #: Metric names in report order.  The first block is fixed by the contract.
 CONTRACT_METRICS: tuple[str, ...] = (
@@ -93,7 +115,50 @@ class Level:
         return self._area + self.value * (now - self._t)
 
 
-class Recorder:
+@dataclass(eq=False)
+class WindowCounts:
+    """What one run counted over the measured window: the inputs of :func:`metric_values`.
+
+    A simulated run's :class:`Recorder` is one (it counts as events happen); a
+    live run builds one from its records.  The cache and replica counts stay
+    None where they do not apply, and their metrics are then NaN.
+    """
+
+    arrivals: int = 0
+    completed: int = 0
+    waited: int = 0
+    timeouts: int = 0
+    errors: int = 0
+    opened: int = 0
+    latency: list[float] = field(default_factory=list)
+    checkout: list[float] = field(default_factory=list)
+    query: list[float] = field(default_factory=list)
+    # Reads and writes by key (simlib/access.py); None = not applicable.
+    db_queries: int | None = None  # None: one per completed request
+    cache_lookups: int | None = None  # 0 and counting when there is a cache
+    cache_hits: int = 0
+    cache_coalesced: int | None = None  # 0 and counting with single_flight
+    reads_returned: int | None = None  # 0 and counting when the workload writes
+    stale_reads: int = 0
+    primary_reads: int = 0
+    replica_reads: list[int] | None = None  # one count per replica
+
+
+def window_metrics(
+    counts: WindowCounts,
+    *,
+    duration: float,
+    connections_mean: float,
+    busy_mean: float,
+    in_flight_mean: float,
+) -> dict[str, float]:
+    """:func:`metric_values` of a run's counts and its time averages."""
+    given = {f.name: getattr(counts, f.name) for f in dataclasses.fields(WindowCounts)}
+    return metric_values(duration=duration, connections_mean=connections_mean,
+                         busy_mean=busy_mean, in_flight_mean=in_flight_mean, **given)
+
+
+class Recorder(WindowCounts):
     """Collects one replication's observations.
 
     The model calls it at each event of interest; it keeps only what falls in
@@ -101,33 +166,15 @@ class Recorder:
     not have to pass it.
     """
 
-    def __init__(self, env, start: float, end: float) -> None:  # env: simpy.Environment
+    def __init__(self, env: simpy.Environment, start: float, end: float) -> None:
+        super().__init__()
         self.env = env
         self.start = start
         self.end = end
-        self.latency: list[float] = []
-        self.checkout: list[float] = []
-        self.query: list[float] = []
-        self.arrivals = 0
-        self.completed = 0
-        self.waited = 0
-        self.timeouts = 0
-        self.errors = 0
-        self.opened = 0
         self.refusals = 0
         self.connections = Level()
         self.busy = Level()
         self.in_flight = Level()
-        # Reads and writes by key (simlib/access.py); None = not applicable,
-        # so the metric is NaN.  Counted for requests arriving in the window.
-        self.db_queries: int | None = None  # None: one per completed request
-        self.cache_lookups: int | None = None  # set to 0 when there is a cache
-        self.cache_hits = 0
-        self.cache_coalesced: int | None = None  # set to 0 with single_flight
-        self.reads_returned: int | None = None  # set to 0 when the workload writes
-        self.stale_reads = 0
-        self.primary_reads = 0
-        self.replica_reads: list[int] | None = None  # one count per replica
         self._areas_at_start: tuple[float, float, float] | None = None
         self._areas_at_end: tuple[float, float, float] | None = None
         # Snapshot the step curves at both ends of the window.
@@ -211,29 +258,8 @@ class Recorder:
         conn_mean, busy_mean, in_flight_mean = (
             (e - s) / duration for s, e in zip(start_areas, end_areas, strict=True)
         )
-        values = metric_values(
-            duration=duration,
-            arrivals=self.arrivals,
-            completed=self.completed,
-            waited=self.waited,
-            timeouts=self.timeouts,
-            errors=self.errors,
-            opened=self.opened,
-            latency=self.latency,
-            checkout=self.checkout,
-            query=self.query,
-            connections_mean=conn_mean,
-            busy_mean=busy_mean,
-            in_flight_mean=in_flight_mean,
-            db_queries=self.db_queries,
-            cache_lookups=self.cache_lookups,
-            cache_hits=self.cache_hits,
-            cache_coalesced=self.cache_coalesced,
-            reads_returned=self.reads_returned,
-            stale_reads=self.stale_reads,
-            primary_reads=self.primary_reads,
-            replica_reads=self.replica_reads,
-        )
+        values = window_metrics(self, duration=duration, connections_mean=conn_mean,
+                                busy_mean=busy_mean, in_flight_mean=in_flight_mean)
         # Metrics that do not apply (no cache, no writes...) are left out rather
         # than NaN: NaN != NaN, so two identical runs would compare unequal.
         return {
@@ -273,70 +299,76 @@ def metric_values(
     so a prediction and a measurement always mean the same thing.  Shares are over
     the requests that arrived in the window; latencies over those that completed.
 
-    Cache and replica counts are optional; left out, their metrics are NaN:
-
-    * ``db_queries``: queries sent to any database server; default: one per
-      request that completed with a query (no cache: every request is one);
-    * ``cache_lookups`` (reads that asked the cache), ``cache_hits`` (found
-      the key), ``cache_coalesced`` (with ``single_flight``: missed, then took
-      the result of another read's query in flight):
-      ``cache_hit_ratio = cache_hits / cache_lookups``;
-    * ``reads_returned`` (reads that returned a value) and ``stale_reads`` (of
-      those, ones older than the newest version committed on the primary when
-      the read began): ``stale_read_ratio``;
-    * ``primary_reads`` and ``replica_reads`` (one count per replica): database
-      reads by destination, for how the read load spreads.
+    The cache and replica counts are optional (the module docstring says what
+    each one counts); left out, their metrics are NaN.  ``db_queries`` counts
+    the queries sent to any database server; by default one per request that
+    completed with a query (no cache: every request is one).
     """
-    n = arrivals
-    nan = math.nan
-    latency_ms = np.asarray(latency, dtype=float) * 1000.0
-    checkout_ms = np.asarray(checkout, dtype=float) * 1000.0
-    query_ms = np.asarray(query, dtype=float) * 1000.0
-
-    def pct(values: np.ndarray, q: float) -> float:
-        return float(np.percentile(values, q)) if values.size else nan
-
-    def mean(values: np.ndarray) -> float:
-        return float(values.mean()) if values.size else nan
-
     finished = completed + timeouts + errors
-    replica_total = nan if replica_reads is None else sum(replica_reads)
+    query_ms = _milliseconds(query)
     return {
         "throughput_rps": completed / duration,
-        "latency_mean_ms": mean(latency_ms),
-        "latency_p50_ms": pct(latency_ms, 50),
-        "latency_p95_ms": pct(latency_ms, 95),
-        "latency_p99_ms": pct(latency_ms, 99),
-        "checkout_mean_ms": mean(checkout_ms),
-        "checkout_p95_ms": pct(checkout_ms, 95),
-        "p_wait": waited / n if n else nan,
-        "timeout_rate": timeouts / n if n else nan,
-        "error_rate": errors / n if n else nan,
+        **_time_metrics(latency, checkout),
+        "p_wait": _ratio(waited, arrivals),
+        "timeout_rate": _ratio(timeouts, arrivals),
+        "error_rate": _ratio(errors, arrivals),
         "connections_opened_per_s": opened / duration,
         "connections_mean": connections_mean,
-        "offered_rps": n / duration,
-        "query_mean_ms": mean(query_ms),
+        "offered_rps": arrivals / duration,
+        "query_mean_ms": _mean(query_ms),
         "connections_busy_mean": busy_mean,
         "in_flight_mean": in_flight_mean,
-        "incomplete_rate": (n - finished) / n if n else nan,
+        "incomplete_rate": _ratio(arrivals - finished, arrivals),
         "db_queries_per_s": (len(query_ms) if db_queries is None else db_queries) / duration,
         "cache_hit_ratio": _ratio(cache_hits, cache_lookups),
-        "cache_coalesced_ratio": (
-            nan if cache_coalesced is None else _ratio(cache_coalesced, cache_lookups)
-        ),
+        "cache_coalesced_ratio": _ratio(cache_coalesced, cache_lookups),
         "stale_read_ratio": _ratio(stale_reads, reads_returned),
-        "replica_read_share": (
-            nan if replica_reads is None else _ratio(replica_total, replica_total + primary_reads)
-        ),
-        "replica_reads_max_share": (
-            nan if replica_reads is None else _ratio(max(replica_reads), replica_total)
-        ),
+        **_replica_metrics(primary_reads, replica_reads),
     }
 
 
-def _ratio(part: int, whole: int | None) -> float:
-    """part / whole; NaN when the whole is not applicable (None) or empty."""
-    return part / whole if whole else math.nan
+def _time_metrics(latency: Sequence[float], checkout: Sequence[float]) -> dict[str, float]:
+    """The latency and checkout-time metrics, in milliseconds."""
+    latency_ms = _milliseconds(latency)
+    checkout_ms = _milliseconds(checkout)
+    return {
+        "latency_mean_ms": _mean(latency_ms),
+        "latency_p50_ms": _percentile(latency_ms, 50),
+        "latency_p95_ms": _percentile(latency_ms, 95),
+        "latency_p99_ms": _percentile(latency_ms, 99),
+        "checkout_mean_ms": _mean(checkout_ms),
+        "checkout_p95_ms": _percentile(checkout_ms, 95),
+    }
+
+
+def _replica_metrics(primary_reads: int, replica_reads: Sequence[int] | None) -> dict[str, float]:
+    """How the database reads spread over the primary and the replicas."""
+    if replica_reads is None:
+        return {"replica_read_share": math.nan, "replica_reads_max_share": math.nan}
+    replica_total = sum(replica_reads)
+    return {
+        "replica_read_share": _ratio(replica_total, replica_total + primary_reads),
+        "replica_reads_max_share": _ratio(max(replica_reads), replica_total),
+    }
+
+
+def _milliseconds(seconds: Sequence[float]) -> np.ndarray:
+    return np.asarray(seconds, dtype=float) * 1000.0
+
+
+def _mean(values: np.ndarray) -> float:
+    """The mean; NaN when there are no values."""
+    return float(values.mean()) if values.size else math.nan
+
+
+def _percentile(values: np.ndarray, q: float) -> float:
+    """The ``q``-th percentile (NumPy's default, linear interpolation); NaN when empty."""
+    return float(np.percentile(values, q)) if values.size else math.nan
+
+
+def _ratio(part: int | None, whole: int | None) -> float:
+    """part / whole; NaN when either is not applicable (None) or the whole is empty."""
+    return math.nan if part is None or not whole else part / whole
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,8 +419,7 @@ def prediction_interval(
     if x.size < 2:
         return None
     m = float(x.mean())
-    half = float(stdtrit(x.size - 1, 0.5 + level / 2) * x.std(ddof=1)
-                 * math.sqrt(1 + 1 / x.size))
+    half = float(stdtrit(x.size - 1, 0.5 + level / 2) * x.std(ddof=1) * math.sqrt(1 + 1 / x.size))
     return (m - half, m + half)
 
 

@@ -41,30 +41,64 @@ What it models, and which real behaviour it follows (the scenario's ``[replicas]
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import simpy
 
+from simlib.config import Rule, Section, choice, integer, number
 from simlib.database import DatabaseServer
+from simlib.distributions import Constant, Distribution, parse_distribution
 from simlib.pools.base import PoolModel
-from simlib.scenario import Replicas as ReplicasConfig
+from simlib.request import Backend
+
+
+@dataclass(frozen=True, slots=True)
+class Replicas(Section):
+    """The scenario's ``[replicas]``: streaming replicas that see the primary's commits late.
+
+    For ``read_your_writes`` a "client" is a closed workload's loop; in an
+    open workload each request comes from one of ``workload.clients`` users,
+    picked uniformly at random.
+    """
+
+    RULES: ClassVar[Mapping[str, Rule]] = {
+        "count": integer(">=", 1),
+        "lag": parse_distribution,
+        "route_reads": choice("replicas", "primary", "read_your_writes"),
+        "ryw_window": number(">=", 0),
+    }
+
+    count: int = 1
+    lag: Distribution = Constant(0.2)
+    route_reads: Literal["replicas", "primary", "read_your_writes"] = "replicas"
+    ryw_window: float = 1.0
+
 
 
 class Replica:
     """One standby: its server, the application's pool for it, and what it has applied."""
 
-    __slots__ = ("index", "server", "pool", "_visible", "_pending", "_last_apply")
+    __slots__ = ("index", "backend", "_visible", "_pending", "_last_apply")
 
-    def __init__(self, index: int, server: DatabaseServer, pool: PoolModel) -> None:
+    def __init__(self, index: int, server: DatabaseServer, pool: PoolModel[Any]) -> None:
         self.index = index
-        self.server = server
-        self.pool = pool
+        self.backend = Backend(pool, server)
         self._visible: dict[int, int] = {}  # key -> version applied here
         # key -> (visible_at, version) not applied yet, in commit order.  Kept
         # lazily: a key's queue is only looked at when the key is read or
         # written, which saves a simulated event per commit and replica.
         self._pending: dict[int, deque[tuple[float, int]]] = {}
         self._last_apply = 0.0
+
+    @property
+    def server(self) -> DatabaseServer:
+        return self.backend.server
+
+    @property
+    def pool(self) -> PoolModel[Any]:
+        return self.backend.pool
 
     def replicate(self, key: int, version: int, now: float, lag: float) -> None:
         """The primary committed ``version`` of ``key`` at ``now``; it shows here after ``lag``."""
@@ -96,7 +130,7 @@ class ReplicaSet:
     def __init__(
         self,
         env: simpy.Environment,
-        config: ReplicasConfig,
+        config: Replicas,
         replicas: Sequence[Replica],
         lag: Callable[[], float],
         uniform: Callable[[], float],

@@ -47,7 +47,12 @@ DESCRIPTIONS = {
 }
 
 
-def format_number(x: float) -> str:
+def format_number(x: float | None) -> str:
+    """``x`` as a table shows it, or ``n/a`` when it is missing (None or NaN).
+
+    Whole from 1000 (with thousands separators), one decimal from 100, two
+    from 1 and four below.
+    """
     if x is None or math.isnan(x):
         return "n/a"
     if x == 0:
@@ -63,6 +68,7 @@ def format_number(x: float) -> str:
 
 
 def format_estimate(est: Estimate) -> str:
+    """``value ± half-width`` of the 95% interval, or the value alone when there is none."""
     text = format_number(est.value)
     if est.ci95 is not None and not math.isnan(est.value):
         half = (est.ci95[1] - est.ci95[0]) / 2

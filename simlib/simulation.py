@@ -2,7 +2,8 @@
 
 A replication builds a fresh SimPy environment with the database server, the
 pool and the workload (and, when the scenario has them, the cache and the
-replicas, each replica with its own server and pool), runs the warm-up and
+replicas, each replica with its own server and pool: :mod:`simlib.system`),
+runs the warm-up and
 the measured window, then lets the requests that arrived in the window
 finish (the "drain"), because a request that arrived at the last instant
 still counts.  Arrivals go on during
@@ -17,22 +18,17 @@ on all cores.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import simpy
 
-from simlib.access import KeyedWorkload
-from simlib.cache import CacheAside
-from simlib.database import DatabaseServer
 from simlib.distributions import Constant
 from simlib.metrics import Estimate, Recorder, summarise
-from simlib.pools import PoolModel, make_pool
-from simlib.replicas import Replica, ReplicaSet
 from simlib.scenario import Scenario, ScenarioError
 from simlib.streams import Streams
-from simlib.workload import Workload
+from simlib.system import build
 
 #: How long after the window requests may still finish, as a share of the
 #: window (and at least a minute): generous enough for any pool timeout in use.
@@ -62,60 +58,9 @@ def run_replication(scenario: Scenario, replication: int) -> dict[str, float]:
     """Simulate one replication; returns its value of every metric."""
     w = scenario.workload
     env = simpy.Environment()
-    streams = Streams(scenario.seed, replication)
     start, end = w.warmup, w.warmup + w.duration
     recorder = Recorder(env, start, end)
-    connect = streams.distribution("connect", scenario.database.connect_time)
-    pool_uniform = streams.uniform("pool")
-
-    def database() -> tuple[DatabaseServer, PoolModel]:
-        # A server with the scenario's [database] settings and the
-        # application's pool for it.  Replicas get the same: one pool per
-        # database URL, as with one SQLAlchemy engine each.
-        server = DatabaseServer(
-            env, scenario.database, connect, recorder, cpu_bound=scenario.query.cpu_bound
-        )
-        return server, make_pool(env, server, recorder, scenario.pool, pool_uniform)
-
-    server, pool = database()
-    service = streams.distribution("service", scenario.query.service_time)
-    keyed = w.write_fraction > 0 or scenario.cache is not None or scenario.replicas is not None
-    if keyed:
-        replicas = None
-        if scenario.replicas is not None:
-            replicas = ReplicaSet(
-                env,
-                scenario.replicas,
-                [Replica(i, *database()) for i in range(scenario.replicas.count)],
-                streams.distribution("lag", scenario.replicas.lag),
-                streams.uniform("routing"),
-            )
-            replicas.start()
-        workload: Workload = KeyedWorkload(
-            env,
-            w,
-            pool,
-            server,
-            recorder,
-            service,
-            streams,
-            client=scenario.client,
-            cache=None if scenario.cache is None else CacheAside(env, scenario.cache),
-            replicas=replicas,
-        )
-    else:
-        workload = Workload(
-            env,
-            w,
-            pool,
-            server,
-            recorder,
-            service,
-            streams,
-            picks_keys=False,
-            client=scenario.client,
-        )
-    pool.start()
+    workload = build(env, scenario, Streams(scenario.seed, replication), recorder)
     workload.start()
     env.run(until=end)
     if workload.pending:
@@ -152,7 +97,9 @@ def default_workers() -> int:
 
 
 def run_jobs(
-    jobs: Sequence[tuple[Scenario, int]], workers: int | None = None, progress=None
+    jobs: Sequence[tuple[Scenario, int]],
+    workers: int | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> list[dict[str, float]]:
     """Run (scenario, replication) jobs, in parallel when it helps; results in job order.
 
@@ -160,19 +107,20 @@ def run_jobs(
     """
     workers = default_workers() if workers is None else workers
     if workers <= 1 or len(jobs) <= 1:
-        results = []
-        for job in jobs:
-            results.append(_run_one(job))
-            if progress:
-                progress(1)
-        return results
+        return _collect(map(_run_one, jobs), progress)
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as executor:
-        results = []
-        for result in executor.map(_run_one, jobs):
-            results.append(result)
-            if progress:
-                progress(1)
-        return results
+        return _collect(executor.map(_run_one, jobs), progress)
+
+
+def _collect(
+    results: Iterable[dict[str, float]], progress: Callable[[int], object] | None
+) -> list[dict[str, float]]:
+    collected = []
+    for result in results:
+        collected.append(result)
+        if progress:
+            progress(1)
+    return collected
 
 
 def simulate(scenario: Scenario, workers: int | None = None) -> SimulationResult:

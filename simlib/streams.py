@@ -18,7 +18,7 @@ single NumPy call costs about as much as a thousand draws from a batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -67,7 +67,7 @@ class Sampler:
     ) -> None:
         self._rng = rng
         self._draw = draw
-        self._it = iter(())
+        self._it: Iterator[float] = iter(())
 
     def __call__(self) -> float:
         value = next(self._it, None)

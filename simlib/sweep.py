@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -138,7 +138,9 @@ def plot_sweep(table: pd.DataFrame, grid_keys: Sequence[str], title: str, path: 
     series_key = grid_keys[1] if len(grid_keys) > 1 else None
     others = list(grid_keys[2:])
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-    groups = table.groupby(series_key, sort=False) if series_key else [(None, table)]
+    groups: Iterable[tuple[object, pd.DataFrame]] = (
+        table.groupby(series_key, sort=False) if series_key else [(None, table)]
+    )
     for value, group in groups:
         if others:  # more than two grid keys: plot the first value of the rest
             first = group.iloc[0]

@@ -82,8 +82,10 @@ import heapq
 import math
 from dataclasses import dataclass
 from numbers import Integral
+from typing import NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "FifoPatienceSimulation",
@@ -388,28 +390,17 @@ def mmc_deterministic_patience(
     The model of a pool with a checkout timeout ``T``: a request that would
     wait longer than ``T`` gives up (times out) at ``T`` and never holds a
     connection.  Exact, derived from the *virtual waiting time* ``V`` (the
-    wait a request arriving now would face).  Let ``a = λ/μ``,
-    ``δ = cμ - λ`` (may be ``<= 0``: overload is fine) and
-    ``P_n = P_0 a^n / n!`` for ``n = 0..c``.
-
-    * ``V = 0`` exactly when fewer than ``c`` connections are busy; those
-      states have probabilities ``P_0 .. P_{c-1}``.
-    * For ``0 < v < T`` the density of ``V`` is
-      ``f(v) = λ P_{c-1} e^{-δ v} = cμ P_c e^{-δ v}`` (level crossing:
-      ``V`` falls at rate 1; an arrival that joins adds an Exp(cμ) amount).
-    * For ``v > T`` arrivals no longer join, so ``f(v) = f(T) e^{-cμ (v-T)}``
-      and ``P(V > T) = f(T)/(cμ) = P_c e^{-δT}``.
-    * Normalisation ``Σ_{n<c} P_n + ∫_0^T f + P(V>T) = 1`` simplifies to
-      ``Σ_{n<=c} P_n + λ P_c ∫_0^T e^{-δv} dv = 1``, i.e.
-      ``P_c = 1 / (1/B + λ I0)`` with ``B = erlang_b(c, a)`` and
-      ``I0 = ∫_0^T e^{-δv} dv = (1 - e^{-δT})/δ`` (``= T`` when ``δ = 0``).
-
-    By PASTA arrivals see the time-stationary ``V``, so::
+    wait a request arriving now would face), whose density ``f``
+    :func:`_from_virtual_wait` derives.  With ``a = λ/μ``, ``δ = cμ - λ``
+    (may be ``<= 0``: overload is fine), ``B = erlang_b(c, a)``,
+    ``I0 = ∫_0^T e^{-δv} dv``, ``I1 = ∫_0^T v e^{-δv} dv`` and
+    ``P_c = 1 / (1/B + λ I0)``, arrivals see the time-stationary ``V``
+    (PASTA), so::
 
         p_wait           = P(V > 0)  = P_c (cμ I0 + e^{-δT})
         p_timeout        = P(V > T)  = P_c e^{-δT}
         mean_wait_all    = ∫_0^T v f(v) dv + T P(V > T)
-                         = P_c (cμ I1 + T e^{-δT}),  I1 = ∫_0^T v e^{-δv} dv
+                         = P_c (cμ I1 + T e^{-δT})
         mean_wait_served = cμ P_c I1 / (1 - p_timeout)
         throughput       = λ (1 - p_timeout)
         utilisation      = throughput / (cμ)   (mean busy connections / c)
@@ -427,42 +418,47 @@ def mmc_deterministic_patience(
     mu = _positive("service_rate", service_rate)
     c = _count("c", c, 1)
     t = _non_negative("patience", patience, allow_inf=True)
-    c_mu = c * mu
-    delta = c_mu - lam
-    a = lam / mu
-    log_b = _log_erlang_b(c, a)
-    b = math.exp(log_b)
-
     if lam == 0.0:
         return MMcDeterministicPatience(lam, mu, c, t, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    if math.isinf(t):
-        if delta <= 0.0:
-            raise _unstable("with infinite patience the mean wait", lam, c_mu)
-        # A0 = I0, A1 = I1, e_rel = e^{-δT} = 0, shift m = 0
-        m, a0, a1, e_rel, t_e_rel = 0.0, 1.0 / delta, 1.0 / (delta * delta), 0.0, 0.0
-    elif delta >= 0.0:
-        x = delta * t
-        m, a0, a1, e_rel = 0.0, t * _psi0(x), t * t * _phi(x), math.exp(-x)
-        t_e_rel = t * e_rel
-    else:
-        # Overload: e^{-δv} grows, so factor out e^{m}, m = -δT = |δ|T:
-        # I0 = e^m T ∫_0^1 e^{-y u} du, I1 = e^m T² ∫_0^1 (1-u) e^{-y u} du.
-        y = -delta * t
-        m, a0, a1, e_rel = y, t * _psi0(y), t * t * (_psi0(y) - _phi(y)), 1.0
-        t_e_rel = t
+    c_mu = c * mu
+    if math.isinf(t) and lam >= c_mu:
+        raise _unstable("with infinite patience the mean wait", lam, c_mu)
+    return _from_virtual_wait(lam, mu, c, t)
 
+
+def _from_virtual_wait(lam: float, mu: float, c: int, t: float) -> MMcDeterministicPatience:
+    """M/M/c+D from the distribution of the virtual waiting time ``V``, for ``λ > 0``.
+
+    Let ``a = λ/μ``, ``δ = cμ - λ`` and ``P_n = P_0 a^n / n!`` for ``n = 0..c``.
+
+    * ``V = 0`` exactly when fewer than ``c`` connections are busy; those
+      states have probabilities ``P_0 .. P_{c-1}``.
+    * For ``0 < v < T`` the density of ``V`` is
+      ``f(v) = λ P_{c-1} e^{-δ v} = cμ P_c e^{-δ v}`` (level crossing:
+      ``V`` falls at rate 1; an arrival that joins adds an Exp(cμ) amount).
+    * For ``v > T`` arrivals no longer join, so ``f(v) = f(T) e^{-cμ (v-T)}``
+      and ``P(V > T) = f(T)/(cμ) = P_c e^{-δT}``.
+    * Normalisation ``Σ_{n<c} P_n + ∫_0^T f + P(V>T) = 1`` simplifies to
+      ``Σ_{n<=c} P_n + λ P_c ∫_0^T e^{-δv} dv = 1``, i.e.
+      ``P_c = 1 / (1/B + λ I0)`` with ``B = erlang_b(c, a)`` and
+      ``I0 = ∫_0^T e^{-δv} dv = (1 - e^{-δT})/δ`` (``= T`` when ``δ = 0``).
+
+    The results listed in :func:`mmc_deterministic_patience` follow by
+    integrating ``f``.  They are computed from the integrals scaled by
+    ``e^{-m}`` (:func:`_scaled_integrals`), with ``P_c = e^{-m} q``, so that
+    neither a large ``c`` nor overload overflows.
+    """
+    c_mu = c * mu
+    log_b = _log_erlang_b(c, lam / mu)
+    b = math.exp(log_b)
+    m, a0, a1, e_rel, t_e_rel = _scaled_integrals(c_mu - lam, t)
     # P_c = e^{-m} q with q = 1 / (e^{-m}/B + λ A0), all in log space.
     # lam * a0 can underflow to 0 for a subnormal patience (T = 5e-324).
     log_lam_a0 = math.log(lam * a0) if lam * a0 > 0.0 else -math.inf
     log_q = -_logaddexp(-m - log_b, log_lam_a0)
     q = math.exp(log_q)
-    p_timeout = q * e_rel
-    p_wait = min(1.0, q * (c_mu * a0 + e_rel))
     # Σ_{n<c} P_n = P_c (1/B - 1): computed directly, not as 1 - p_wait.
-    if b >= 1.0:
-        p_no_wait = 0.0
-    else:
-        p_no_wait = math.exp(-m + log_q + math.log1p(-b) - log_b)
+    p_no_wait = 0.0 if b >= 1.0 else math.exp(-m + log_q + math.log1p(-b) - log_b)
     served_share = p_no_wait + q * c_mu * a0
     waited_served = q * c_mu * a1  # ∫_0^T v f(v) dv
     mean_wait_all = waited_served + q * t_e_rel
@@ -472,14 +468,45 @@ def mmc_deterministic_patience(
         service_rate=mu,
         c=c,
         patience=t,
-        p_wait=p_wait,
-        p_timeout=p_timeout,
+        p_wait=min(1.0, q * (c_mu * a0 + e_rel)),
+        p_timeout=q * e_rel,
         mean_wait_all=mean_wait_all,
         mean_wait_served=waited_served / served_share if served_share > 0.0 else 0.0,
         throughput=throughput,
         utilisation=throughput / c_mu,
         mean_queue_length=lam * mean_wait_all,
     )
+
+
+class _ScaledIntegrals(NamedTuple):
+    """``I0``, ``I1``, ``e^{-δT}`` and ``T e^{-δT}`` of M/M/c+D, each times ``e^{-m}``."""
+
+    m: float  # the shift: 0, or |δ|T in overload
+    a0: float  # e^{-m} I0
+    a1: float  # e^{-m} I1
+    e_rel: float  # e^{-m} e^{-δT}
+    t_e_rel: float  # e^{-m} T e^{-δT}
+
+
+def _scaled_integrals(delta: float, t: float) -> _ScaledIntegrals:
+    """The integrals ``I0 = ∫_0^T e^{-δv} dv`` and ``I1 = ∫_0^T v e^{-δv} dv``, scaled.
+
+    With ``u = v/T`` and ``x = δT``: ``I0 = T ∫_0^1 e^{-x u} du`` and
+    ``I1 = T² ∫_0^1 u e^{-x u} du`` (:func:`_psi0`, :func:`_phi`), with no
+    shift (``m = 0``) when ``δ >= 0``.  In overload ``e^{-δv}`` grows, so
+    ``e^m`` with ``m = y = -δT = |δ|T`` is factored out (and ``u → 1 - u``):
+    ``I0 = e^m T ∫_0^1 e^{-y u} du``, ``I1 = e^m T² ∫_0^1 (1-u) e^{-y u} du``.
+    With ``T = ∞`` (which needs ``δ > 0``), ``I0 = 1/δ``, ``I1 = 1/δ²`` and
+    ``e^{-δT} = 0``.
+    """
+    if math.isinf(t):
+        return _ScaledIntegrals(0.0, 1.0 / delta, 1.0 / (delta * delta), 0.0, 0.0)
+    if delta >= 0.0:
+        x = delta * t
+        e_rel = math.exp(-x)
+        return _ScaledIntegrals(0.0, t * _psi0(x), t * t * _phi(x), e_rel, t * e_rel)
+    y = -delta * t
+    return _ScaledIntegrals(y, t * _psi0(y), t * t * (_psi0(y) - _phi(y)), 1.0, t)
 
 
 @dataclass(frozen=True)
@@ -509,15 +536,9 @@ def simulate_fifo_patience(
 ) -> FifoPatienceSimulation:
     """Simulate M/M/c FIFO with deterministic patience by the Kiefer–Wolfowitz recursion.
 
-    Keep the ``c`` times at which the connections next become free in a
-    heap.  Request ``i`` arrives at ``t_i``; its wait would be
-    ``w_i = max(0, min(free) - t_i)``.  If ``w_i <= T`` it takes the
-    earliest-free connection, which becomes free again at
-    ``t_i + w_i + S_i``; otherwise it times out after waiting ``T`` and
-    changes nothing.  This is exact for FIFO: requests start in arrival
-    order, and one that will time out never holds a connection, so it cannot
-    delay anyone.  No event list is needed, so it runs at around a million
-    requests per second in pure Python.
+    The recursion (:func:`_fifo_patience_batches`) is exact for FIFO and
+    needs no event list, so it runs at around a million requests per second
+    in pure Python: enough to check :func:`mmc_deterministic_patience`.
 
     The first ``warmup`` requests (the system starts empty) are simulated
     but not counted; the next ``n`` are split into ``batches`` consecutive
@@ -540,12 +561,52 @@ def simulate_fifo_patience(
     total = warmup + n
     gaps = rng.exponential(1.0 / lam, total).tolist()
     services = rng.exponential(1.0 / mu, total).tolist()
-    free = [0.0] * c  # a heap of next-free times
     edges = [warmup + (n * k) // batches for k in range(batches + 1)]
     segments = [(0, warmup)] + list(zip(edges[:-1], edges[1:]))
+    stats = _fifo_patience_batches(gaps, services, c, t_max, segments)
+    batch_stats = np.array(stats[1:], dtype=float)  # the warm-up segment left out
+    size = batch_stats[:, 0]
+    means = batch_stats[:, 1:4] / size[:, None]
+    totals = batch_stats.sum(axis=0)
+    served = totals[0] - totals[2]
+    se = means.std(axis=0, ddof=1) / math.sqrt(batches)
+    return FifoPatienceSimulation(
+        n=n,
+        p_wait=totals[1] / n,
+        p_timeout=totals[2] / n,
+        mean_wait_all=totals[3] / n,
+        mean_wait_served=totals[4] / served if served > 0 else 0.0,
+        se_p_wait=float(se[0]),
+        se_p_timeout=float(se[1]),
+        se_mean_wait_all=float(se[2]),
+    )
 
+
+def _fifo_patience_batches(
+    gaps: list[float],
+    services: list[float],
+    c: int,
+    t_max: float,
+    segments: list[tuple[int, int]],
+) -> list[tuple[int, int, int, float, float]]:
+    """Run the Kiefer–Wolfowitz recursion; sums per segment of requests.
+
+    Keep the ``c`` times at which the connections next become free in a
+    heap.  Request ``i`` arrives at ``t_i`` (``gaps`` after the one before);
+    its wait would be ``w_i = max(0, min(free) - t_i)``.  If ``w_i <= T`` it
+    takes the earliest-free connection, which becomes free again at
+    ``t_i + w_i + S_i``; otherwise it times out after waiting ``T`` and
+    changes nothing.  This is exact for FIFO: requests start in arrival
+    order, and one that will time out never holds a connection, so it cannot
+    delay anyone.
+
+    Per segment ``(start, stop)`` of request indices: the number of
+    requests, how many waited, how many timed out, the sum of all waits and
+    the sum of the served requests' waits.
+    """
+    free = [0.0] * c  # a heap of next-free times
     now = 0.0
-    stats = []  # per batch: (size, waited, timed_out, sum of waits, sum of served waits)
+    stats = []
     heapreplace = heapq.heapreplace
     for start, stop in segments:
         waited = timed_out = 0
@@ -564,22 +625,7 @@ def simulate_fifo_patience(
                 timed_out += 1
                 wait_sum += t_max
         stats.append((stop - start, waited, timed_out, wait_sum + served_wait_sum, served_wait_sum))
-    batch_stats = np.array(stats[1:], dtype=float)
-    size = batch_stats[:, 0]
-    means = batch_stats[:, 1:4] / size[:, None]
-    totals = batch_stats.sum(axis=0)
-    served = totals[0] - totals[2]
-    se = means.std(axis=0, ddof=1) / math.sqrt(batches)
-    return FifoPatienceSimulation(
-        n=n,
-        p_wait=totals[1] / n,
-        p_timeout=totals[2] / n,
-        mean_wait_all=totals[3] / n,
-        mean_wait_served=totals[4] / served if served > 0 else 0.0,
-        se_p_wait=float(se[0]),
-        se_p_timeout=float(se[1]),
-        se_mean_wait_all=float(se[2]),
-    )
+    return stats
 
 
 # ---------------------------------------------------------------------------
@@ -658,13 +704,14 @@ def machine_repairman(
         think_time=z,
         service_rate=mu,
         c=c,
+        # in the order of the docstring's derivation
         throughput=x,
-        mean_response=r,
-        mean_wait=max(0.0, r - 1.0 / mu),
-        p_wait=p_wait,
         utilisation=min(1.0, x / (c * mu)),
         mean_in_system=math.fsum(n * p for n, p in enumerate(pi)),
         mean_queue_length=math.fsum(max(n - c, 0) * p for n, p in enumerate(pi)),
+        mean_response=r,
+        mean_wait=max(0.0, r - 1.0 / mu),
+        p_wait=p_wait,
     )
 
 
@@ -770,7 +817,7 @@ def allen_cunneen_mean_wait(
 # formulas are for open workloads only.
 
 
-def _popularity(probabilities) -> np.ndarray:
+def _popularity(probabilities: npt.ArrayLike) -> np.ndarray:
     p = np.asarray(probabilities, dtype=float)
     if p.ndim != 1 or p.size == 0 or np.any(p < 0) or not math.isclose(p.sum(), 1.0):
         raise ValueError("probabilities must be a non-empty 1-D array of shares summing to 1")
@@ -796,11 +843,11 @@ class TtlCacheKey:
 
 
 def ttl_cache_keys(
-    read_rates,
+    read_rates: npt.ArrayLike,
     ttl: float,
     fill_time: float = 0.0,
     single_flight: bool = True,
-    invalidation_rates=0.0,
+    invalidation_rates: npt.ArrayLike = 0.0,
 ) -> TtlCacheKey:
     """Per-key hit ratio and query rate of cache-aside with a TTL, by renewal-reward.
 
@@ -841,29 +888,38 @@ def ttl_cache_keys(
     if math.isinf(t) and not np.any(w > 0):
         # Never expires, never invalidated: every read after the first hits.
         return TtlCacheKey(np.where(lam > 0, 1.0, 0.0), np.zeros_like(lam))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # mean life of a stored value: min(T, Exp(w)); 1/w when T is inf
-        life = np.where(w > 0, -np.expm1(-w * t) / w, t)
-        if single_flight or s == 0:
-            hits, misses, queries = lam * life, 1 + lam * s, 1.0
-            cycle = 1 / lam + s + life
-        else:
-            if np.any(w > 0):
-                raise ValueError("invalidation_rates are only modelled with single_flight")
-            if t < s:
-                raise ValueError("without single_flight the formula needs ttl >= fill_time")
-            d = _expected_last_arrival(lam, s)
-            hits, misses, queries = lam * (t + d), 1 + lam * s, 1 + lam * s
-            cycle = 1 / lam + s + d + t
+    hits, misses, queries, cycle = _ttl_cycle(lam, t, s, single_flight, w)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(lam > 0, hits / (hits + misses), 0.0)
         rate = np.where(lam > 0, queries / cycle, 0.0)
     return TtlCacheKey(ratio, rate)
 
 
+def _ttl_cycle(
+    lam: np.ndarray, t: float, s: float, single_flight: bool, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float | np.ndarray, np.ndarray]:
+    """Per key, the mean hits, misses and queries of one cycle, and its mean length.
+
+    A cycle runs from the key leaving the cache to its leaving again; see
+    :func:`ttl_cache_keys` for the three cases.  A key that is never read
+    (λ = 0) gets NaN or infinities here, which the caller replaces.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # mean life of a stored value: min(T, Exp(w)); 1/w when T is inf
+        life = np.where(w > 0, -np.expm1(-w * t) / w, t)
+        if single_flight or s == 0:
+            return lam * life, 1 + lam * s, 1.0, 1 / lam + s + life
+        if np.any(w > 0):
+            raise ValueError("invalidation_rates are only modelled with single_flight")
+        if t < s:
+            raise ValueError("without single_flight the formula needs ttl >= fill_time")
+        d = _expected_last_arrival(lam, s)
+        return lam * (t + d), 1 + lam * s, 1 + lam * s, 1 / lam + s + d + t
+
+
 def ttl_cache_hit_ratio(
     rate: float,
-    probabilities,
+    probabilities: npt.ArrayLike,
     ttl: float,
     fill_time: float = 0.0,
     single_flight: bool = True,
@@ -886,7 +942,7 @@ def ttl_cache_hit_ratio(
     return float(np.dot(p, keys.hit_ratio))
 
 
-def che_characteristic_time(rate: float, probabilities, capacity: int) -> float:
+def che_characteristic_time(rate: float, probabilities: npt.ArrayLike, capacity: int) -> float:
     """Che's characteristic time ``t_C`` of an LRU cache holding ``capacity`` keys.
 
     The root of ``Σ_k (1 − e^{−λ_k t_C}) = C``: a key stays in an LRU cache
@@ -903,7 +959,7 @@ def che_characteristic_time(rate: float, probabilities, capacity: int) -> float:
     def excess(t: float) -> float:
         return float(np.sum(-np.expm1(-lam * t))) - c
 
-    hi = 1.0 / lam.max()
+    hi: float = 1.0 / lam.max()
     while excess(hi) < 0:
         hi *= 2.0
     lo = 0.0
@@ -918,7 +974,7 @@ def che_characteristic_time(rate: float, probabilities, capacity: int) -> float:
     return 0.5 * (lo + hi)
 
 
-def lru_cache_hit_ratio(rate: float, probabilities, capacity: int) -> float:
+def lru_cache_hit_ratio(rate: float, probabilities: npt.ArrayLike, capacity: int) -> float:
     """Che's approximation of an LRU cache's hit ratio: ``Σ_k p_k (1 − e^{−λ_k t_C})``.
 
     Independent requests (the independent reference model) with no expiry
@@ -934,7 +990,7 @@ def lru_cache_hit_ratio(rate: float, probabilities, capacity: int) -> float:
     return float(np.dot(p, -np.expm1(-rate * p * t_c)))
 
 
-def replica_stale_read_ratio(write_rate: float, probabilities, lag: float) -> float:
+def replica_stale_read_ratio(write_rate: float, probabilities: npt.ArrayLike, lag: float) -> float:
     """Share of replica reads that are stale: ``Σ_k p_k (1 − e^{−w_k L})``, ``w_k = w p_k``.
 
     A read that begins at ``a`` and queries a replica at once sees the
@@ -965,7 +1021,7 @@ def read_your_writes_replica_share(write_rate: float, window: float, clients: in
 
 
 def read_your_writes_stale_read_ratio(
-    write_rate: float, probabilities, lag: float, window: float, clients: int
+    write_rate: float, probabilities: npt.ArrayLike, lag: float, window: float, clients: int
 ) -> float:
     """Stale reads under ``read_your_writes``: ``Σ_k p_k e^{−wW/N} (1 − e^{−w_k L (N−1)/N})``.
 

@@ -10,29 +10,31 @@ Two shapes of load, as in the scenario's ``[workload]``:
   threads, or a load generator with N virtual users).  The load adapts to the
   response time, so it can never exceed what the system serves.
 
-One request, as a web handler with a pool does it (see :func:`serve`):
-check out a connection (the pool's rules: maybe wait, maybe connect, maybe
-ping), send the query (one round trip plus the service time on the server),
-reset and return the connection, answer.  Latency runs from arrival to answer.
+One request, as a web handler with a pool does it (:meth:`Workload.serve`):
+the client's own dispatch time (``[client] dispatch``), then one database call
+on the primary through :class:`~simlib.request.RequestPath` (checkout, query,
+reset, release), then the answer.  Latency runs from arrival to answer.
 
-Each request also picks a key from the popularity distribution and whether it
-is a write; these matter once a cache or replicas sit in front of the data, or
-writes make reads stale: then :class:`simlib.access.KeyedWorkload` replaces
-``serve`` with the keyed request path, and this one stays lean.
+When a cache, replicas or writes make *which* key a request touches matter
+(``Scenario.keyed``), :class:`simlib.access.KeyedWorkload` overrides ``serve``
+with the keyed request path; the load shapes, the window's bookkeeping and the
+database call stay the ones here.
+
+Extension hooks: a subclass overrides :meth:`Workload.serve` (one request,
+from :meth:`Workload.begin` to :meth:`Workload.finish`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from typing import Any
 
 import simpy
 
-from simlib.database import ConnectionRefused, DatabaseServer
 from simlib.distributions import Constant, Distribution
-from simlib.metrics import ERROR, OK, TIMEOUT, Recorder
-from simlib.pools.base import PoolModel, PoolTimeout
-from simlib.scenario import Client as ClientConfig
-from simlib.scenario import Workload as WorkloadConfig
+from simlib.metrics import OK, Recorder
+from simlib.request import Backend, Request, RequestPath
+from simlib.scenario import Scenario
 from simlib.streams import Streams
 
 #: A closed-loop client whose request failed without any time passing (a
@@ -42,6 +44,9 @@ from simlib.streams import Streams
 #: the same simulated instant.
 FAILED_REQUEST_PAUSE = 0.001
 
+#: What a request's process is: a SimPy generator returning whether it succeeded.
+Serving = Generator[simpy.Event, Any, bool]
+
 
 def _sampler(streams: Streams, name: str, dist: Distribution) -> Callable[[], float] | None:
     """A sampler for ``dist`` on stream ``name``, or None for a constant 0 (no cost)."""
@@ -50,48 +55,26 @@ def _sampler(streams: Streams, name: str, dist: Distribution) -> Callable[[], fl
     return streams.distribution(name, dist)
 
 
-class Request:
-    """One request's state, as the pool and the recorder see it."""
-
-    __slots__ = ("arrival", "waited", "key", "write")
-
-    def __init__(self, arrival: float) -> None:
-        self.arrival = arrival
-        self.waited = False
-        self.key = 0
-        self.write = False
-
-
 class Workload:
-    """Generates requests and carries each one through pool and database."""
+    """Generates requests and carries each one through the pool and the database."""
 
     def __init__(
-        self,
-        env: simpy.Environment,
-        config: WorkloadConfig,
-        pool: PoolModel,
-        server: DatabaseServer,
-        recorder: Recorder,
-        service_time: Callable[[], float],
+        self, env: simpy.Environment, scenario: Scenario, primary: Backend, recorder: Recorder,
         streams: Streams,
-        picks_keys: bool,
-        client: ClientConfig | None = None,
     ) -> None:
         self.env = env
-        self.config = config
-        self.pool = pool
-        self.server = server
+        self.config = config = scenario.workload
+        self.primary = primary
         self.recorder = recorder
-        self.service_time = service_time
         self.streams = streams
-        self.picks_keys = picks_keys
         self._key = streams.choice("keys", config.popularity.probabilities(config.keys))
         self._write = streams.uniform("writes")
         # The client's own costs (scenario [client]); None when free, so a
         # scenario without them schedules no extra events.
-        client = client or ClientConfig()
+        client = scenario.client
         self._dispatch = _sampler(streams, "dispatch", client.dispatch)
-        self._hold = _sampler(streams, "hold", client.hold)
+        service = streams.distribution("service", scenario.query.service_time)
+        self.path = RequestPath(env, recorder, service, _sampler(streams, "hold", client.hold))
         # Requests that arrived in the measured window and are not finished:
         # the run ends when this reaches zero after the window (or at a limit).
         self.pending = 0
@@ -106,7 +89,7 @@ class Workload:
                 self.env.process(self._client(think, client))
 
     # -- load shapes --------------------------------------------------------
-    def _arrivals(self):
+    def _arrivals(self) -> Generator[simpy.Event, Any, None]:
         env = self.env
         gap = self.streams.exponential("arrivals", 1.0 / self.config.rate)
         serve = self.serve
@@ -115,7 +98,9 @@ class Workload:
             yield env.timeout(gap())
             process(serve())
 
-    def _client(self, think: Callable[[], float], client: int):
+    def _client(
+        self, think: Callable[[], float], client: int
+    ) -> Generator[simpy.Event, Any, None]:
         env = self.env
         thinking = self.config.think_time > 0
         if thinking:
@@ -131,66 +116,39 @@ class Workload:
     # -- one request --------------------------------------------------------
     def next_key(self) -> tuple[int, bool]:
         """A key from the popularity distribution, and whether this is a write."""
-        return self._key(), self._write() < self.config.write_fraction
+        return int(self._key()), self._write() < self.config.write_fraction
 
-    def serve(self, client: int = -1):
-        """Carry one request through checkout, query and return; True if it succeeded.
-
-        ``client``: the closed-loop client sending it (-1: an open arrival).
-        Only the keyed request path (simlib/access.py) uses it.
-        """
-        env = self.env
+    def begin(self, client: int) -> Request:
+        """A request arriving now: counted if it is in the window, and in flight."""
         recorder = self.recorder
-        pool = self.pool
-        request = Request(env.now)
-        if self.picks_keys:
-            request.key, request.write = self.next_key()
-        arrival = request.arrival
-        measured = recorder.start <= arrival < recorder.end
-        if measured:
+        request = Request(self.env.now, client)
+        if recorder.start <= request.arrival < recorder.end:
+            request.measured = True
             recorder.arrivals += 1
             self.pending += 1
         recorder.request_started()
+        return request
+
+    def serve(self, client: int = -1) -> Serving:
+        """Carry one request through checkout, query and return; True if it succeeded (hook).
+
+        ``client``: the closed-loop client sending it (-1: an open arrival).
+        """
+        request = self.begin(client)
         if self._dispatch is not None:
             # The request's own code runs before it asks the pool (thread
             # hand-off, library checkout code): no connection held yet.
-            yield env.timeout(self._dispatch())
-        try:
-            conn = yield from pool.checkout(request)
-        except PoolTimeout:
-            self._finish(request, measured, TIMEOUT, None, None)
-            return False
-        except ConnectionRefused:
-            self._finish(request, measured, ERROR, None, None)
-            return False
-        got = env.now
-        recorder.checked_out()
-        server = self.server
-        reset = pool.reset_delay(conn)
-        if self._hold is not None:
-            # Client work while the connection is out (driver, result, return
-            # path): after the result is back, before the pool has it again.
-            reset += self._hold()
-        if server.cpu is None:
-            # Round trip + service + reset in one timeout: same result, fewer events.
-            query = server.rtt + self.service_time()
-            yield env.timeout(query + reset)
-            query_done = got + query
-        else:
-            if server.rtt:
-                yield env.timeout(server.rtt)
-            yield server.cpu.run(self.service_time())
-            query_done = env.now
-            if reset:
-                yield env.timeout(reset)
-        yield from pool.release(conn)
-        recorder.checked_in()
-        self._finish(request, measured, OK, got, query_done)
-        return True
+            yield self.env.timeout(self._dispatch())
+        outcome, got, done, _ = yield from self.path.use(request, self.primary)
+        self.finish(request, outcome, got, done)
+        return outcome == OK
 
-    def _finish(self, request: Request, measured: bool, outcome: int, got, query_done) -> None:
+    def finish(
+        self, request: Request, outcome: int, got: float | None, query_done: float | None
+    ) -> None:
+        """The request is over: record it, and end the drain when it was the last."""
         self.recorder.request_finished(request.arrival, outcome, request.waited, got, query_done)
-        if measured:
+        if request.measured:
             self.pending -= 1
             if self.pending == 0 and self.env.now >= self.recorder.end:
                 if not self.drained.triggered:

@@ -16,10 +16,14 @@ import socket
 import numpy as np
 import pytest
 
-from labs.drivers.common import ERROR, TIMEOUT, TOO_MANY_CONNECTIONS, QuerySpec, classify
+from labs.drivers import classify
+from labs.drivers.base import TOO_MANY_CONNECTIONS
 from labs.executor import LIVE_METRICS, run_live
 from labs.loadgen import arrival_times, thread_count
-from labs.server_stats import Monitor
+from labs.probes import Monitor
+from labs.query import QuerySpec
+from labs.records import ERROR, TIMEOUT
+from labs.topology import Topology
 from simlib.metrics import METRICS
 from simlib.scenario import parse_scenario
 from simlib.simulation import run_replication
@@ -90,7 +94,7 @@ def scenario(
 
 
 def run(s, drain_limit=15.0):
-    return run_live(s, DSN, drain_limit=drain_limit)
+    return run_live(s, Topology.single(DSN), drain_limit=drain_limit)
 
 
 # ---------------------------------------------------------------------------
@@ -338,9 +342,9 @@ def test_an_open_loop_split_over_two_loops_runs_one_schedule():
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from labs.drivers.asyncpg_pool import AsyncpgDriver
-    from labs.drivers.common import OK, RunContext
-    from labs.loadgen import run_async
+    from labs.drivers.asyncpg import AsyncpgDriver
+    from labs.loadgen import drive as run_async
+    from labs.records import OK, RunContext
 
     s = scenario({"kind": "asyncpg", "min_size": 2, "max_size": 2}, rate=150.0, duration=1.5)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from labs.drivers.common import QuerySpec
+from labs.query import QuerySpec
 
 ROOT = Path(__file__).resolve().parents[1]
 

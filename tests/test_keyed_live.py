@@ -24,8 +24,8 @@ import time
 import pytest
 
 from labs.access import REPLICA_RETRY
-from labs.drivers.common import OK
 from labs.executor import run_live
+from labs.records import OK
 from labs.services import missing_binaries, throwaway
 from simlib.scenario import parse_scenario
 from simlib.simulation import run_replication
@@ -63,8 +63,7 @@ def scenario(pool: str, *, cache: dict | None = None, replicas: dict | None = No
 
 
 def run(s, svc, **kw):
-    return run_live(s, svc.primary, admin_dsn=svc.primary_admin, replicas=svc.replicas,
-                    redis_url=svc.redis, drain_limit=10.0, **kw)
+    return run_live(s, svc.topology, drain_limit=10.0, **kw)
 
 
 @pytest.mark.parametrize("pool", ["sqlalchemy", "asyncpg", "psycopg2"])

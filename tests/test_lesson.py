@@ -122,15 +122,15 @@ def test_compare_and_check_takes_a_checks_function() -> None:
 
 
 def test_wait_for_quiet_waits_while_the_machine_is_busy(monkeypatch, capsys) -> None:
-    import labs.validate
+    import labs.host
 
     readings = iter([1.6, 1.1, 0.2, 0.1])
-    monkeypatch.setattr(labs.validate, "busy_cores", lambda seconds: next(readings))
+    monkeypatch.setattr(labs.host, "busy_cores", lambda seconds: next(readings))
     assert lesson.wait_for_quiet(cores=0.5, patience=60.0) == 0.2
     assert "machine is busy: 1.6 cores" in capsys.readouterr().out
     # no patience: one reading, and the run goes ahead
-    monkeypatch.setattr(labs.validate, "busy_cores", lambda seconds: 1.9)
+    monkeypatch.setattr(labs.host, "busy_cores", lambda seconds: 1.9)
     assert lesson.wait_for_quiet(cores=0.5, patience=0.0) == 1.9
     # no /proc: nothing to wait for
-    monkeypatch.setattr(labs.validate, "busy_cores", lambda seconds: None)
+    monkeypatch.setattr(labs.host, "busy_cores", lambda seconds: None)
     assert lesson.wait_for_quiet() is None

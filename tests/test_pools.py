@@ -20,9 +20,9 @@ import simpy
 from simlib.database import DatabaseServer, ProcessorSharing
 from simlib.metrics import Recorder
 from simlib.pools import PoolTimeout, make_pool
-from simlib.pools.queuepool import QueuePoolModel
+from simlib.pools.sqlalchemy import QueuePoolModel
+from simlib.request import Request
 from simlib.scenario import parse_scenario
-from simlib.workload import Request
 
 
 class Harness:
@@ -482,3 +482,15 @@ def test_processor_sharing_two_cores():
 def test_queuepool_model_is_used_for_sqlalchemy():
     h = Harness({"kind": "sqlalchemy"})
     assert isinstance(h.pool, QueuePoolModel)
+
+
+def test_readme_rules_table_is_the_descriptors():
+    """The README's table of pool rules is made from the kinds' descriptors, not by hand."""
+    from pathlib import Path
+
+    from simlib.pools import pool_kinds, rules_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert rules_table() in readme
+    for key, kind in pool_kinds().items():
+        assert kind.config.kind == key and kind.key == key

@@ -22,20 +22,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simlib.distributions import Constant, Empirical, Exponential, Lognormal, Uniform
+from simlib.pools.asyncpg import AsyncpgPoolConfig
+from simlib.pools.none import NoPoolConfig
+from simlib.pools.psycopg2 import ThreadedPoolConfig
+from simlib.pools.psycopg_pool import PsycopgPoolConfig
+from simlib.pools.sqlalchemy import QueuePoolConfig
 from simlib.scenario import (
     POOL_KINDS,
-    AsyncpgPoolConfig,
     Cache,
     Database,
-    NoPoolConfig,
     Popularity,
-    PsycopgPoolConfig,
     Query,
-    QueuePoolConfig,
     Replicas,
     Scenario,
     ScenarioError,
-    ThreadedPoolConfig,
     Workload,
     apply_override,
     load_scenario,

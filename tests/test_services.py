@@ -429,13 +429,6 @@ def test_bad_arguments_one_line_exit_2(args, start, capsys):
     assert captured.out == ""
 
 
-@pytest.mark.parametrize("command", ["run", "compare"])
-def test_executor_missing_is_one_line(command, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "labs.executor", None)  # import fails
-    assert cli.main([command, str(DEMO), "--json"]) == 2
-    assert one_line(capsys.readouterr().err) == "labs: the live executor is not available yet"
-
-
 # ---------------------------------------------------------------------------
 # compose.yaml (no Docker engine here: check its shape)
 # ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from labs.calibrate import charged_checkout, charged_round_trips, client_rate, client_samples
-from labs.drivers.common import Record
+from labs.records import Record
 from labs.services import missing_binaries
 from labs.validate import (
     CONNECTS_FLOOR,
@@ -192,7 +192,7 @@ def test_cli_validate_quick(tmp_path):
 
 
 def test_overtaken_counts_non_fifo_hand_offs():
-    from labs.executor import overtaken
+    from labs.live_metrics import overtaken
 
     # a (started 1.0) waits until 1.010; b started later but got it at 1.005: a overtaken
     a = _rec(0, 1.0, 1.010, 1.020, 0.005, waited=True)

@@ -12,6 +12,7 @@ from scipy import stats
 from simlib.database import DatabaseServer
 from simlib.metrics import Recorder
 from simlib.pools import make_pool
+from simlib.request import Backend
 from simlib.scenario import parse_scenario
 from simlib.simulation import run_replication, simulate
 from simlib.streams import Streams
@@ -33,7 +34,7 @@ def standalone_workload(s) -> Workload:
     server = DatabaseServer(env, s.database, lambda: 0.0, rec, cpu_bound=False)
     streams = Streams(s.seed, 0)
     pool = make_pool(env, server, rec, s.pool, streams.uniform("pool"))
-    return Workload(env, s.workload, pool, server, rec, lambda: 0.001, streams, picks_keys=True)
+    return Workload(env, s, Backend(pool, server), rec, streams)
 
 
 def test_keys_follow_the_popularity_distribution():

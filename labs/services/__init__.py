@@ -1,10 +1,15 @@
 """Postgres and Redis for live runs: found in the environment, started earlier with
 ``python -m labs services up``, or started for one run and removed afterwards.
 
-See :mod:`labs.services.discovery` for the order and :func:`services_for`;
-:mod:`labs.services.checks` for how connection strings from the environment
-are checked; :mod:`labs.services.common` for the life cycle both kinds of local
-server share.  The environment variables it reads:
+The layer is built around kinds of service (:mod:`labs.services.base`): each kind
+-- Postgres (:mod:`.postgres`), Redis (:mod:`.redis`) -- is one module that
+registers one :class:`ServiceKind`, and everything else loops over the registered
+kinds.  See :mod:`labs.services.discovery` for the order servers are looked for
+and :func:`services_for` (which hands a run a :class:`labs.topology.Topology`);
+:mod:`labs.services.cluster` for local servers as one unit and the state file of
+``services up``; :mod:`labs.services.checks` for how connection strings from the
+environment are checked; :mod:`labs.services.common` for the life cycle every
+kind of local server shares.  The environment variables it reads:
 
 - ``LABS_PG_PRIMARY``, ``LABS_PG_REPLICAS`` (comma separated), ``LABS_REDIS``:
   servers of your own, used instead of starting any;
@@ -18,10 +23,14 @@ server share.  The environment variables it reads:
   root (default ``labs-postgres``, created when missing).
 """
 
+# Importing a kind's module (postgres, redis) registers its kind: a new kind is
+# its module and one more import here.
+from labs.services.base import ServiceKind, Tier, kinds, register_kind
 from labs.services.common import ServiceError, free_port, processes_in
 from labs.services.discovery import (
     LocalCluster,
     Services,
+    configure,
     describe,
     from_env,
     from_state,
@@ -51,7 +60,10 @@ __all__ = [
     "PostgresServer",
     "RedisServer",
     "ServiceError",
+    "ServiceKind",
     "Services",
+    "Tier",
+    "configure",
     "connection_limit",
     "describe",
     "find_bindir",
@@ -59,9 +71,11 @@ __all__ = [
     "free_port",
     "from_env",
     "from_state",
+    "kinds",
     "missing_binaries",
     "processes_in",
     "read_state",
+    "register_kind",
     "remove_state",
     "replica_delay",
     "requirements",

@@ -1,29 +1,54 @@
 """Checking connection strings from the environment: well formed, and answering.
 
-``LABS_PG_PRIMARY``, ``LABS_PG_REPLICAS`` and ``LABS_REDIS`` are typed by hand,
-so every way they go wrong ends in one line that names the variable, says what
-is wrong and how to fix it -- never a driver's traceback, and never the
-password they may contain.  A string is first checked for its form (scheme,
-syntax, port), without connecting; then the server is asked a question
-(``SELECT pg_is_in_recovery()`` or ``PING``) with a short timeout, and the
-driver's answer is sorted into the usual mistakes (nothing listening, wrong
-user or database, another kind of server on that port) to say what to change.
+``LABS_PG_PRIMARY``, ``LABS_PG_REPLICAS``, ``LABS_REDIS`` (and whatever variable
+a later kind of service reads) are typed by hand, so every way they go wrong ends
+in one line that names the variable, says what is wrong and how to fix it --
+never a driver's traceback, and never the password they may contain.  A string is
+first checked for its form (scheme, syntax, port), without connecting; then the
+server is asked a question (``SELECT pg_is_in_recovery()``, ``PING``) with a short
+timeout, and the driver's answer is sorted into the usual mistakes (nothing
+listening, wrong user or database, another kind of server on that port) to say
+what to change.
+
+What is checked depends on the kind of server: each kind's module
+(:mod:`labs.services.postgres`, :mod:`labs.services.redis`) gives every tier of
+its servers a :class:`Probe` -- how its strings look, how to ask the server --
+and :func:`env_problem` turns a probe's answer into the one line.  The helpers
+here are the pieces those probes share.
 """
 
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from labs.services.common import one_line, port_open
-from labs.services.postgres import query_one
 
 CHECK_TIMEOUT = 3.0
-PG_SCHEMES = ("postgresql", "postgres")  # the URI schemes libpq accepts
-REDIS_SCHEMES = ("redis", "rediss", "unix")  # the URL schemes redis-py accepts
-PG_FORM = "a Postgres connection string (postgresql://USER@HOST:PORT/DATABASE or key=value pairs)"
-REDIS_FORM = "a Redis URL (redis://HOST:PORT/DB)"
 THROWAWAY = "or unset the LABS_* variables to use throwaway servers"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """How connection strings for one tier of servers are checked.
+
+    ``form_problem`` and ``problem`` return None when all is well, else a short
+    reason in the driver's words (without the password); ``address`` gives the
+    string's ``host:port`` for messages.
+    """
+
+    server: str  # what must answer, as messages name it: "Postgres", "Redis"
+    form: str  # what a string must look like: "a Redis URL (redis://HOST:PORT/DB)"
+    duty: str  # what the server must do: "must answer as a primary"
+    form_problem: Callable[[str], str | None]  # without connecting
+    problem: Callable[[str], str | None]  # by asking the server, within CHECK_TIMEOUT
+    address: Callable[[str], str]
+
+
+# ---------------------------------------------------------------------------
+# Pieces the probes share
+# ---------------------------------------------------------------------------
 
 
 def redact(dsn: str) -> str:
@@ -44,119 +69,32 @@ def scrub(text: str, dsn: str) -> str:
     return text.replace(m.group(1), "***") if m and len(m.group(1)) >= 4 else text
 
 
-def dsn_address(dsn: str) -> str:
-    """host:port of a Postgres DSN (URI or key=value) or a redis:// URL, for messages."""
-    if dsn.startswith(tuple(f"{s}://" for s in REDIS_SCHEMES)):
-        parts = urlsplit(dsn)
-        try:
-            return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
-        except ValueError:
-            return "?"
-    try:
-        from psycopg2.extensions import parse_dsn
-
-        params = parse_dsn(dsn)
-    except Exception:
-        return "?"
-    return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}"
-
-
-def _scheme(dsn: str) -> str | None:
+def scheme(dsn: str) -> str | None:
+    """The URL scheme of ``dsn``, lower case (None: it is no URL)."""
     m = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", dsn)
     return m.group(1).lower() if m else None
 
 
-def _bad_port(ports: str | None) -> str | None:
+def bad_port(ports: str | None) -> str | None:
+    """Why a (comma separated) port list is not 1..65535 (None: it is, or there is none)."""
     for p in (ports or "").split(","):
         if p and not (p.isdigit() and 1 <= int(p) <= 65535):
             return f"port must be 1..65535, got {p}"
     return None
 
 
-def postgres_form_problem(dsn: str) -> str | None:
-    """Why ``dsn`` is not a Postgres connection string libpq can use (None: it is)."""
-    scheme = _scheme(dsn)
-    if scheme is not None and scheme not in PG_SCHEMES:
-        return f"scheme {scheme}:// is not {' or '.join(s + '://' for s in PG_SCHEMES)}"
-    try:
-        from psycopg2.extensions import parse_dsn
-
-        params = parse_dsn(dsn)
-    except Exception as e:
-        return scrub(_first_line(e), dsn)
-    return _bad_port(params.get("port"))
-
-
-def redis_form_problem(url: str) -> str | None:
-    """Why ``url`` is not a Redis URL redis-py can use (None: it is)."""
-    scheme = _scheme(url)
-    if scheme not in REDIS_SCHEMES:
-        got = f"{scheme}://" if scheme else "no scheme"
-        return f"scheme must be {', '.join(s + '://' for s in REDIS_SCHEMES)}, got {got}"
-    try:
-        port = urlsplit(url).port
-    except ValueError as e:
-        return scrub(_first_line(e), url)
-    return _bad_port(None if port is None else str(port))
-
-
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (or its type's name when it has none)."""
     text = str(error).strip()
     return one_line(text.splitlines()[0]) if text else type(error).__name__
-
-
-def postgres_problem(dsn: str, standby: bool | None = None) -> str | None:
-    """None if the DSN answers (and is/is not a standby as asked), else why not."""
-    try:
-        in_recovery = query_one(dsn, "SELECT pg_is_in_recovery()", timeout=CHECK_TIMEOUT)
-    except Exception as e:
-        problem = scrub(_first_line(e), dsn)
-        # libpq repeats the address we already name: keep what went wrong
-        problem = re.sub(r'^connection to server at "[^"]*", port \d+ failed:\s*', "", problem)
-        return re.sub(r"^FATAL:\s*", "", problem)
-    if standby is True and not in_recovery:
-        return "answers but is not a standby (pg_is_in_recovery() is false)"
-    if standby is False and in_recovery:
-        return "answers but is a standby, not a primary"
-    return None
-
-
-def redis_problem(url: str) -> str | None:
-    try:
-        import redis as redis_py
-
-        client = redis_py.Redis.from_url(
-            url, socket_connect_timeout=CHECK_TIMEOUT, socket_timeout=CHECK_TIMEOUT
-        )
-        try:
-            client.ping()
-        finally:
-            client.close()
-    except Exception as e:
-        return scrub(one_line(e), url) or type(e).__name__
-    return None
-
-
-def server_problem(role: str, dsn: str) -> str | None:
-    """None if ``dsn`` answers as ``role`` ("primary", "replica", "redis"), else why not."""
-    if role == "redis":
-        return redis_problem(dsn)
-    return postgres_problem(dsn, standby=role == "replica")
 
 
 # ---------------------------------------------------------------------------
 # One line for one variable
 # ---------------------------------------------------------------------------
 
-# role -> what kind of server it must be, and what it must do
-_ROLES = {
-    "primary": ("Postgres", "must answer as a primary"),
-    "replica": ("Postgres", "must answer as a standby"),
-    "redis": ("Redis", "must answer PING"),
-}
 
-
-def _fix(var: str, address: str, kind: str, problem: str) -> str:
+def _fix(var: str, address: str, server: str, problem: str) -> str:
     """How to fix ``problem`` (a driver's words), as one clause."""
     low = problem.lower()
     if "does not exist" in low:
@@ -170,36 +108,34 @@ def _fix(var: str, address: str, kind: str, problem: str) -> str:
     if "could not translate host" in low or "name or service not known" in low:
         return f"correct the host name in {var}"
     if "refused" in low or "no route" in low:
-        return f"start {kind} on {address}, or correct the host and port in {var}"
+        return f"start {server} on {address}, or correct the host and port in {var}"
     host, _, port = address.rpartition(":")
     if port.isdigit() and port_open(int(port), host or "127.0.0.1"):
         # something accepted the connection, then did not talk as the server should
-        return (f"something listens on {address} but does not answer as {kind}; "
-                f"point {var} at a {kind} server")
+        return (f"something listens on {address} but does not answer as {server}; "
+                f"point {var} at a {server} server")
     return f"start that server or correct {var}"
 
 
-def env_problem(var: str, dsn: str, role: str) -> tuple[str | None, str | None]:
-    """Check one LABS_* connection string for ``role`` ("primary", "replica", "redis").
+def env_problem(var: str, dsn: str, probe: Probe) -> tuple[str | None, str | None]:
+    """Check one connection string from the variable ``var`` with ``probe``.
 
     Returns ``(problem, line)``: both None when the server is usable; else the
     short problem (for a status table) and the whole one-line error, which
     names the variable, the address, what is wrong and how to fix it.
     """
-    kind, duty = _ROLES[role]
-    form = redis_form_problem(dsn) if kind == "Redis" else postgres_form_problem(dsn)
+    form = probe.form_problem(dsn)
     if form is not None:
-        wanted = REDIS_FORM if kind == "Redis" else PG_FORM
         return form, (
-            f"{var}: must be {wanted}, got {one_line(redact(dsn), 120)!r} ({form}); "
+            f"{var}: must be {probe.form}, got {one_line(redact(dsn), 120)!r} ({form}); "
             f"correct {var}, {THROWAWAY}"
         )
-    address = dsn_address(dsn)
-    problem = server_problem(role, dsn)
+    address = probe.address(dsn)
+    problem = probe.problem(dsn)
     if problem is None:
         return None, None
     problem = one_line(problem, 160).rstrip(".")  # leave room for the fix
     return problem, (
-        f"{var}: {address} {duty} within {CHECK_TIMEOUT:g} s, got: {problem}; "
-        f"{_fix(var, address, kind, problem)}, {THROWAWAY}"
+        f"{var}: {address} {probe.duty} within {CHECK_TIMEOUT:g} s, got: {problem}; "
+        f"{_fix(var, address, probe.server, problem)}, {THROWAWAY}"
     )

@@ -7,11 +7,12 @@ answer without bookkeeping that a crash could lose: a process is ours exactly
 when ``/proc/PID/cwd`` (or its command line) points into one of our directories.
 ``reap`` uses that as the last line of defence after the polite shutdown.
 
-``LocalServer`` is the life cycle both kinds of server follow: created in a
-fresh directory and registered for clean-up at exit, started (retrying on a
-fresh port when another process took the one we picked), and stopped by a
-polite shutdown, then ``reap``, then deleting the directory -- whatever state
-the start left it in.
+``LocalServer`` is the life cycle every kind of server follows (Postgres,
+Redis, the next ones): created in a fresh directory and registered for clean-up
+at exit, started (retrying on a fresh port when another process took the one we
+picked), recorded in and restored from the state file of ``services up``, and
+stopped by a polite shutdown, then ``reap``, then deleting the directory --
+whatever state the start left it in.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -293,34 +295,90 @@ def stop_everything() -> None:
 # ---------------------------------------------------------------------------
 
 
+@dataclass
 class LocalServer:
     """A server labs started in its own temp directory (see the module doc).
 
-    Subclasses are dataclasses with at least ``dir`` and ``port`` fields; they
-    say where their pidfile and log are and how to ask the server to stop.
+    Subclasses are dataclasses that add their own fields after ``dir`` and
+    ``port``; they say what they are (``KIND``, ``LOG``, ``PIDFILE``,
+    ``SCHEME``...), how to start and to ask the server to stop (``shutdown``),
+    and what of them a state file of ``services up`` keeps.  A client reaches every one of them
+    through a URL of one shape, ``SCHEME://[USER@]127.0.0.1:PORT/PATH``.
     """
 
     PREFIX: ClassVar[str]  # of the temp directory: how state files are checked
+    KIND: ClassVar[str]  # the program, as messages name it: "postgres", "redis"
+    LOG: ClassVar[str]  # the log's file name inside ``dir``
+    PIDFILE: ClassVar[str]  # the main process's pidfile, relative to ``dir``
+    SCHEME: ClassVar[str]  # of the URL clients connect with
+    PATH: ClassVar[str] = ""  # the URL's path: a database name or number
+    USER: ClassVar[str] = ""  # who a run connects as ("": the URL names nobody)
+    ADMIN_USER: ClassVar[str] = ""  # who labs monitors as ("": the same as USER)
+    ADDRESS_KEY: ClassVar[str] = "dsn"  # under which key a state file keeps ``dsn``
     STOP_GRACE: ClassVar[float] = 3.0  # seconds the polite shutdown may take
+
     dir: Path
     port: int
 
     @property
     def label(self) -> str:
         """How messages name this server (``postgres replica1``, ``redis``)."""
-        raise NotImplementedError
+        return self.KIND
 
     @property
     def logfile(self) -> Path:
-        raise NotImplementedError
+        return self.dir / self.LOG
+
+    def address(self, user: str = "") -> str:
+        """The URL a client connects to this server with, as ``user`` if given."""
+        at = f"{user}@" if user else ""
+        return f"{self.SCHEME}://{at}{LOOPBACK}:{self.port}/{self.PATH}"
+
+    @property
+    def dsn(self) -> str:
+        """What the run connects with."""
+        return self.address(self.USER)
+
+    @property
+    def admin_dsn(self) -> str:
+        """What labs monitors and sets up through."""
+        return self.address(self.ADMIN_USER or self.USER)
 
     def pid(self) -> int | None:
-        """The server's main process, if it is running."""
-        raise NotImplementedError
+        """The server's main process (its pidfile names it), if it is running."""
+        return read_pidfile(self.dir / self.PIDFILE)
+
+    def check_port(self) -> None:
+        """Raise ServiceError unless the port is free: checked again before each start,
+        since another process may have taken it since it was picked."""
+        check_port_free(self.port, self.label)
+
+    def wait_ready(
+        self, ready: Callable[[], bool], timeout: float, fallback: str, interval: float = 0.05
+    ) -> None:
+        """Wait until ``ready()``; ``start_failed(fallback)`` when ``timeout`` s pass first."""
+        if not poll(ready, timeout, interval):
+            raise self.start_failed(fallback)
 
     def shutdown(self, pid: int) -> None:
         """Ask the running server (main process ``pid``) to stop."""
         raise NotImplementedError
+
+    def to_state(self) -> dict[str, object]:
+        """What a state file keeps of this server; subclasses add their own fields."""
+        return {"dir": str(self.dir), "port": self.port, "pid": self.pid(),
+                self.ADDRESS_KEY: self.dsn}
+
+    @classmethod
+    def from_state(cls, entry: Mapping[str, Any]) -> Self:
+        """The server a state file entry describes (refused unless its directory is ours)."""
+        return cls(dir=checked_dir(entry["dir"], cls.PREFIX), port=int(entry["port"]),
+                   **cls.fields_from_state(entry))
+
+    @classmethod
+    def fields_from_state(cls, entry: Mapping[str, Any]) -> dict[str, Any]:
+        """The subclass's own fields from a state file entry (none here)."""
+        return {}
 
     @classmethod
     def create(cls, port: int | None = None, owner: str | None = None, **fields: Any) -> Self:
@@ -395,7 +453,7 @@ def signals_raise() -> Iterator[None]:
     """
 
     def handler(signum: int, frame: Any) -> None:
-        raise _SIGNALS[signum]()
+        raise _SIGNALS[signal.Signals(signum)]()
 
     with _handling(handler):
         yield
@@ -419,7 +477,7 @@ def signals_deferred() -> Iterator[None]:
             if callable(old):
                 old(signum, None)
             elif old == signal.SIG_DFL:
-                raise _SIGNALS[signum]()
+                raise _SIGNALS[signal.Signals(signum)]()
 
 
 # ---------------------------------------------------------------------------

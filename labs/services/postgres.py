@@ -1,10 +1,11 @@
-"""Throwaway Postgres servers: a primary from ``initdb`` and streaming replicas.
+"""Postgres, one kind of service: a primary from ``initdb`` and streaming replicas.
 
-Each server gets its own temporary directory (``labs-pg-XXXX``) holding the data
-directory, its log and its Unix socket, and listens on 127.0.0.1 only, on a free
-port, with trust authentication for 127.0.0.1 and nothing else.  Durability is
-switched off (``fsync``, ``synchronous_commit``, ``full_page_writes``): these
-servers hold nothing worth keeping and start in about a second.
+Each server labs starts gets its own temporary directory (``labs-pg-XXXX``)
+holding the data directory, its log and its Unix socket, and listens on 127.0.0.1
+only, on a free port, with trust authentication for 127.0.0.1 and nothing else.
+Durability is switched off (``fsync``, ``synchronous_commit``,
+``full_page_writes``): these servers hold nothing worth keeping and start in about
+a second.
 
 The programs (``initdb``, ``pg_ctl``, ``postgres``, ``pg_basebackup``) are taken
 from ``$LABS_PG_BINDIR`` when it is set -- and then only from there, so a wrong
@@ -31,6 +32,15 @@ subtract it: the run's role gets exactly the scenario's N slots.
 Everything labs sets lives in ``labs.conf`` in the data directory, included at
 the end of ``postgresql.conf``; changing ``max_connections`` or the replica
 delay rewrites that file and restarts or reloads the server.
+
+As a kind of service (:class:`Postgres`, registered at the end of this module)
+it serves every run: a primary, ``[replicas].count`` streaming replicas
+(``pg_basebackup -R``) whose ``recovery_min_apply_delay`` is a constant
+``[replicas].lag`` (a standby delays every commit by the same amount; a random lag
+cannot be imposed), and ``database.max_connections`` slots for the run's role.
+Servers of your own are named by ``LABS_PG_PRIMARY`` and ``LABS_PG_REPLICAS``
+(comma separated); each must be a libpq connection string, and is asked
+``SELECT pg_is_in_recovery()`` to tell a primary from a standby.
 """
 
 from __future__ import annotations
@@ -41,23 +51,28 @@ import pwd
 import re
 import shutil
 import subprocess
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from labs.services.base import Member, ServiceKind, Tier, register_kind
+from labs.services.checks import CHECK_TIMEOUT, Probe, bad_port, first_line, scheme, scrub
 from labs.services.common import (
     LOOPBACK,
     LocalServer,
     ServiceError,
-    check_port_free,
-    checked_dir,
     install_hint,
     one_line,
     poll,
-    read_pidfile,
     run,
     start_retrying_port,
 )
+from labs.topology import PRIMARY, REPLICA
+from simlib.distributions import Constant
+
+if TYPE_CHECKING:  # for annotations only
+    from simlib.scenario import Scenario
 
 ROLE = "postgres"  # the superuser role initdb creates: admin_dsn
 APP_ROLE = "labs"  # an ordinary role that owns DATABASE: dsn (what a run uses)
@@ -70,6 +85,9 @@ OS_USER = "labs-postgres"  # who runs the servers when we are root
 TOOLS = ("initdb", "pg_ctl", "postgres", "pg_basebackup")
 PACKAGE = "postgresql"  # what to install when TOOLS are missing
 ENV_BINDIR = "LABS_PG_BINDIR"
+ENV_PRIMARY = "LABS_PG_PRIMARY"  # servers of your own
+ENV_REPLICAS = "LABS_PG_REPLICAS"
+DEFAULT_MAX_CONNECTIONS = 100  # of a throwaway server, when the run names none
 START_TIMEOUT = 30
 DEBIAN_ROOT = Path("/usr/lib/postgresql")  # Debian/Ubuntu: one <version>/bin per major
 
@@ -178,77 +196,59 @@ def server_user() -> str | None:
 
 @dataclass
 class PostgresServer(LocalServer):
-    """One local Postgres server (primary or standby) in its own temp directory."""
+    """One local Postgres server (primary or standby) in its own temp directory.
+
+    ``dir`` holds ``data/``, ``postgres.log`` and the Unix socket.
+    """
 
     PREFIX: ClassVar[str] = "labs-pg-"
+    KIND: ClassVar[str] = "postgres"
+    LOG: ClassVar[str] = "postgres.log"
+    PIDFILE: ClassVar[str] = "data/postmaster.pid"  # the postmaster's
+    SCHEME: ClassVar[str] = "postgresql"
+    PATH: ClassVar[str] = DATABASE
+    USER: ClassVar[str] = APP_ROLE  # the run: exactly ``max_connections`` slots
+    ADMIN_USER: ClassVar[str] = ROLE  # monitoring and set-up, in the reserved slots
     STOP_GRACE: ClassVar[float] = 2.0
 
     bindir: Path
     user: str | None
-    dir: Path  # temp directory: data/, postgres.log, the Unix socket
-    port: int
     max_connections: int = 100
     standby: bool = False
     delay: float = 0.0  # recovery_min_apply_delay, seconds (standby only)
     name: str = "primary"
-
-    # -- paths and addresses -------------------------------------------------
 
     @property
     def datadir(self) -> Path:
         return self.dir / "data"
 
     @property
-    def logfile(self) -> Path:
-        return self.dir / "postgres.log"
-
-    @property
     def label(self) -> str:
-        return f"postgres {self.name}"
-
-    @property
-    def dsn(self) -> str:
-        """For the run: role ``labs``, exactly ``max_connections`` slots."""
-        return f"postgresql://{APP_ROLE}@{LOOPBACK}:{self.port}/{DATABASE}"
-
-    @property
-    def admin_dsn(self) -> str:
-        """Superuser ``postgres``: monitoring and set-up, in the reserved slots."""
-        return f"postgresql://{ROLE}@{LOOPBACK}:{self.port}/{DATABASE}"
-
-    def pid(self) -> int | None:
-        """The postmaster's pid from postmaster.pid, if it is running."""
-        return read_pidfile(self.datadir / "postmaster.pid")
+        return f"{self.KIND} {self.name}"
 
     # -- state ---------------------------------------------------------------
 
     def to_state(self) -> dict[str, object]:
-        return {
+        return super().to_state() | {
             "name": self.name,
             "bindir": str(self.bindir),
             "user": self.user,
-            "dir": str(self.dir),
-            "port": self.port,
             "max_connections": self.max_connections,
             "standby": self.standby,
             "delay": self.delay,
-            "pid": self.pid(),
-            "dsn": self.dsn,
             "admin_dsn": self.admin_dsn,
         }
 
     @classmethod
-    def from_state(cls, d: dict) -> PostgresServer:
-        return cls(
-            bindir=Path(d["bindir"]),
-            user=d.get("user"),
-            dir=checked_dir(d["dir"], cls.PREFIX),
-            port=int(d["port"]),
-            max_connections=int(d.get("max_connections", 100)),
-            standby=bool(d.get("standby", False)),
-            delay=float(d.get("delay", 0.0)),
-            name=str(d.get("name", "primary")),
-        )
+    def fields_from_state(cls, entry: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "bindir": Path(entry["bindir"]),
+            "user": entry.get("user"),
+            "max_connections": int(entry.get("max_connections", 100)),
+            "standby": bool(entry.get("standby", False)),
+            "delay": float(entry.get("delay", 0.0)),
+            "name": str(entry.get("name", "primary")),
+        }
 
     # -- configuration -------------------------------------------------------
 
@@ -331,7 +331,7 @@ class PostgresServer(LocalServer):
         self.write_conf()  # own port, socket, cluster_name and delay
 
     def start(self) -> None:
-        check_port_free(self.port, self.label)
+        self.check_port()
         try:
             self._pg_ctl(
                 "-w", "-t", str(START_TIMEOUT), "-l", str(self.logfile), "start", what="start"
@@ -503,15 +503,203 @@ def wait_streaming(primary: PostgresServer, replica: PostgresServer, timeout: fl
         )
 
 
-def check_max_connections(n: object) -> None:
+def check_max_connections(n: object) -> int:
+    """``n`` as a connection limit; ServiceError unless it is an integer >= 1."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ServiceError(f"database.max_connections: must be an integer >= 1, got {n!r}")
+    return n
 
 
-def check_delay(seconds: object) -> None:
+def check_delay(seconds: object) -> float:
+    """``seconds`` as a replica delay; ServiceError unless it is a finite number >= 0."""
     if (
         isinstance(seconds, bool)
         or not isinstance(seconds, int | float)
         or not 0 <= seconds < float("inf")
     ):
         raise ServiceError(f"replica delay: must be a number of seconds >= 0, got {seconds!r}")
+    return float(seconds)
+
+
+# ---------------------------------------------------------------------------
+# Changing the limit and the delay of running servers
+# ---------------------------------------------------------------------------
+
+
+def _ours(servers: Iterable[LocalServer | None]) -> list[PostgresServer]:
+    """The Postgres servers among ``servers`` (a cluster holds servers of every kind)."""
+    return [s for s in servers if isinstance(s, PostgresServer)]
+
+
+def set_max_connections(
+    primary: LocalServer | None, replicas: Sequence[LocalServer], n: int
+) -> None:
+    """Restart a primary and its replicas with ``max_connections = n``.
+
+    A hot standby refuses to run with a smaller ``max_connections`` than its
+    primary, so when raising the limit the replicas go first, when lowering
+    it the primary goes first.
+    """
+    check_max_connections(n)
+    heads, standbys = _ours([primary]), _ours(replicas)
+    if not heads:
+        raise ServiceError("max_connections: must have a local primary to restart, got none")
+    head = heads[0]
+    if n == head.max_connections:
+        return
+    order = [*standbys, head]
+    if n < head.max_connections:
+        order.reverse()
+    for server in order:
+        server.max_connections = n
+        server.restart()
+    for replica in standbys:
+        wait_streaming(head, replica, 30)
+
+
+def set_replica_delay(replicas: Sequence[LocalServer], seconds: float) -> None:
+    """Set ``recovery_min_apply_delay`` on every replica (a reload, no restart)."""
+    check_delay(seconds)
+    for replica in _ours(replicas):
+        replica.delay = seconds
+        replica.reload()
+
+
+# ---------------------------------------------------------------------------
+# Connection strings of servers of your own
+# ---------------------------------------------------------------------------
+
+PG_SCHEMES = ("postgresql", "postgres")  # the URI schemes libpq accepts
+PG_FORM = "a Postgres connection string (postgresql://USER@HOST:PORT/DATABASE or key=value pairs)"
+
+
+def _parse(dsn: str) -> dict[str, str]:
+    # psycopg2 only when a string is checked: `services status` without LABS_*
+    # variables, and every throwaway run, need no driver to start
+    from psycopg2.extensions import parse_dsn
+
+    return parse_dsn(dsn)
+
+
+def postgres_form_problem(dsn: str) -> str | None:
+    """Why ``dsn`` is not a Postgres connection string libpq can use (None: it is)."""
+    found = scheme(dsn)
+    if found is not None and found not in PG_SCHEMES:
+        return f"scheme {found}:// is not {' or '.join(s + '://' for s in PG_SCHEMES)}"
+    try:
+        params = _parse(dsn)
+    except Exception as e:
+        return scrub(first_line(e), dsn)
+    return bad_port(params.get("port"))
+
+
+def postgres_address(dsn: str) -> str:
+    """host:port of a Postgres DSN (URI or key=value), for messages."""
+    try:
+        params = _parse(dsn)
+    except Exception:
+        return "?"
+    return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}"
+
+
+def postgres_problem(dsn: str, standby: bool | None = None) -> str | None:
+    """None if the DSN answers (and is/is not a standby as asked), else why not."""
+    try:
+        in_recovery = query_one(dsn, "SELECT pg_is_in_recovery()", timeout=CHECK_TIMEOUT)
+    except Exception as e:
+        problem = scrub(first_line(e), dsn)
+        # libpq repeats the address we already name: keep what went wrong
+        problem = re.sub(r'^connection to server at "[^"]*", port \d+ failed:\s*', "", problem)
+        return re.sub(r"^FATAL:\s*", "", problem)
+    if standby is True and not in_recovery:
+        return "answers but is not a standby (pg_is_in_recovery() is false)"
+    if standby is False and in_recovery:
+        return "answers but is a standby, not a primary"
+    return None
+
+
+def _probe(duty: str, standby: bool) -> Probe:
+    return Probe("Postgres", PG_FORM, duty, postgres_form_problem,
+                 lambda dsn: postgres_problem(dsn, standby=standby), postgres_address)
+
+
+# ---------------------------------------------------------------------------
+# The kind
+# ---------------------------------------------------------------------------
+
+PRIMARY_TIER = Tier(
+    PRIMARY, "primary", ENV_PRIMARY, _probe("must answer as a primary", standby=False),
+    env_missing="{var}: must be set when {other} is, got nothing; export e.g. "
+    "{var}=postgresql://postgres@127.0.0.1:55432/postgres, or unset {other}",
+)
+REPLICA_TIER = Tier(
+    REPLICA, "replica", ENV_REPLICAS, _probe("must answer as a standby", standby=True), True,
+    "{var}: the scenario needs {n} replica DSN(s) (comma separated), got {got}; "
+    "add them or unset the LABS_* variables",
+    "replicas.count: `labs services up` started {got} replica(s), the scenario needs {n}; "
+    "run `python -m labs services down` then `python -m labs services up --replicas {n}`",
+)
+
+
+def _replicas(wants: Mapping[str, object]) -> int:
+    n = wants["replicas"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ServiceError(f"replicas.count: must be an integer >= 0, got {n!r}")
+    return n
+
+
+def _limit(wants: Mapping[str, object]) -> int:
+    n = wants["max_connections"]
+    return check_max_connections(DEFAULT_MAX_CONNECTIONS if n is None else n)
+
+
+class Postgres(ServiceKind[Path]):
+    """A primary and its streaming replicas: the database of every run.
+
+    Keywords: ``replicas`` (how many streaming replicas), ``max_connections``
+    (the run's role's slots on labs' own servers; None: 100) and
+    ``replica_delay`` (seconds each replica waits before it applies a commit).
+    """
+
+    name = "postgres"
+    tiers = (PRIMARY_TIER, REPLICA_TIER)
+    keywords: ClassVar[Mapping[str, object]] = {
+        "replicas": 0, "max_connections": None, "replica_delay": 0.0,
+    }
+    server = PostgresServer
+    rank = 10  # after Redis, which starts in a blink: a broken one shows before initdb
+
+    def find_binary(self) -> Path:
+        return find_bindir()
+
+    def count(self, tier: Tier, wants: Mapping[str, object]) -> int:
+        return 1 if tier.role == PRIMARY else _replicas(wants)
+
+    def check(self, wants: Mapping[str, object]) -> None:
+        super().check(wants)
+        _limit(wants)
+        check_delay(wants["replica_delay"])
+
+    def start(
+        self, wants: Mapping[str, object], binary: Path, *, detached: bool,
+        started: Sequence[Member],
+    ) -> Iterator[tuple[Tier, LocalServer]]:
+        # pg_ctl starts every postmaster as a daemon: `detached` needs nothing more
+        primary = start_primary(_limit(wants), bindir=binary)
+        yield PRIMARY_TIER, primary
+        delay = check_delay(wants["replica_delay"])
+        for i in range(_replicas(wants)):
+            yield REPLICA_TIER, start_replica(primary, delay=delay, index=i + 1)
+
+    def needs(self, scenario: Scenario) -> dict[str, object]:
+        reps = scenario.replicas
+        lag = reps.lag if reps is not None else None
+        return {
+            "replicas": reps.count if reps is not None else 0,
+            "max_connections": scenario.database.max_connections,
+            # a standby delays every commit alike: only a constant lag can be imposed
+            "replica_delay": float(lag.value) if isinstance(lag, Constant) else 0.0,
+        }
+
+
+register_kind(Postgres())

@@ -1,4 +1,29 @@
-"""What every pool model shares: the interface, the wait queue, and pool errors.
+"""What every pool model shares: its descriptor, its configuration, its interface, its queue.
+
+One pool library is one module of :mod:`simlib.pools`, and the module exports
+one :class:`PoolKind` named ``KIND``: everything the project knows about that
+library, in one object.
+
+* ``key``: the scenario's ``pool.kind`` (``"sqlalchemy"``); the module, the
+  live driver (``labs/drivers/<key>.py``) and every table use the same name;
+* ``config``: a :class:`PoolConfig` dataclass with the library's own parameter
+  names and defaults, and the rules that check them;
+* ``model``: the :class:`PoolModel` subclass that simulates the library;
+* ``rules``: the rules modelled, in a sentence or three (the README's table);
+* ``source``: where in the library those rules were read.
+
+Scenario validation, :func:`simlib.pools.make_pool`, the live calibration and
+the README's rules table all read these descriptors, so adding a library is
+one module: the package finds every module's ``KIND`` by itself.
+
+Extension hooks.  A :class:`PoolConfig` subclass sets ``kind`` and ``RULES``,
+and implements :meth:`PoolConfig.connection_limit` and
+:meth:`PoolConfig.round_trips` (and :meth:`~simlib.config.Section.check` for
+rules between parameters).  A :class:`PoolModel` subclass (generic in its
+configuration class, ``PoolModel[QueuePoolConfig]``) implements
+:meth:`~PoolModel.checkout` and :meth:`~PoolModel.release`, and may override
+:meth:`~PoolModel.setup` (its own state), :meth:`~PoolModel.start`
+(connections opened before traffic) and :meth:`~PoolModel.reset_delay`.
 
 A pool model answers two questions for a request:
 
@@ -12,23 +37,79 @@ A pool model answers two questions for a request:
 ``reset_delay(conn)`` tells how long resetting the connection on return takes
 (the ``ROLLBACK``/``COMMIT`` round trip).  The request pays it right after its
 query, in the same timeout, which keeps one simulated request down to very few
-events.
+events (:mod:`simlib.request`).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import simpy
 
+from simlib.config import Section
 from simlib.database import Connection, DatabaseServer
 from simlib.metrics import Recorder
 
 
+class Waiting(Protocol):
+    """What a pool knows of a request: only whether it had to wait (it sets that)."""
+
+    waited: bool
+
+
+#: What a checkout or release generator yields to SimPy and returns.
+Checkout = Generator[simpy.Event, Any, Connection]
+Release = Generator[simpy.Event, Any, None]
+
+
 class PoolTimeout(Exception):
     """The request got no connection under the pool's rules (timed out, or exhausted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoundTrips:
+    """Round trips a pool adds around a request's query.
+
+    ``checkout``: at the checkout of a connection it did not just open (a
+    pre-ping); ``release``: when the connection is returned (the reset:
+    ``ROLLBACK`` or ``COMMIT``).  The model charges ``network_rtt`` for each;
+    the live calibration takes the same charges off what it measured, so a
+    round trip is never counted twice.
+    """
+
+    checkout: int = 0
+    release: int = 0
+
+
+class PoolConfig(Section):
+    """A pool library's parameters: its own names and defaults (a frozen dataclass).
+
+    Subclasses set ``kind`` and ``RULES`` and implement the two questions
+    the rest of the project asks of any pool: how many connections it may
+    hold, and which round trips it adds.
+    """
+
+    __slots__ = ()
+    kind: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            cls.UNKNOWN = f'not a parameter of pool kind "{cls.kind}"'
+
+    def to_dict(self) -> dict[str, object]:
+        return {"kind": self.kind, **Section.to_dict(self)}
+
+    def connection_limit(self) -> int | None:
+        """The most connections the pool opens at once; None: no client-side limit."""
+        raise NotImplementedError
+
+    def round_trips(self) -> RoundTrips:
+        """The round trips it adds around each query (see :class:`RoundTrips`)."""
+        return RoundTrips()
 
 
 class WaitQueue:
@@ -62,7 +143,7 @@ class WaitQueue:
             self.live -= 1
             event.succeed(None)
 
-    def hand(self, item: Any) -> bool:
+    def hand(self, item: object) -> bool:
         """Give ``item`` to the longest-waiting live waiter; False if none waits."""
         queue = self._queue
         while queue:
@@ -74,24 +155,64 @@ class WaitQueue:
         return False
 
 
-class PoolModel:
-    """Base class: holds the environment, the server and the recorder."""
+C = TypeVar("C", bound=PoolConfig)
 
-    kind = "base"
 
-    def __init__(self, env: simpy.Environment, server: DatabaseServer, recorder: Recorder) -> None:
+class PoolModel(Generic[C]):
+    """Base class: holds the environment, the server, the recorder and the configuration.
+
+    ``uniform`` draws uniform numbers on [0, 1) from the replication's "pool"
+    stream, for the libraries that jitter (psycopg_pool).
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        server: DatabaseServer,
+        recorder: Recorder,
+        config: C,
+        uniform: Callable[[], float],
+    ) -> None:
         self.env = env
         self.server = server
         self.recorder = recorder
+        self.config = config
+        self.uniform = uniform
+        trips = config.round_trips()
+        #: seconds of the pre-ping at checkout, and of the reset on return
+        self.ping = server.rtt * trips.checkout
+        self.reset = server.rtt * trips.release
+        self.setup()
+
+    def setup(self) -> None:
+        """The library's own state: idle connections, waiters, counters (hook)."""
 
     def start(self) -> None:
-        """Open the connections the library opens before the service starts."""
+        """Open the connections the library opens before the service starts (hook)."""
 
-    def checkout(self, request: Any) -> Generator[simpy.Event, Any, Connection]:
+    def checkout(self, request: Waiting) -> Checkout:
+        """A connection for ``request`` under the library's rules (hook; see the module doc)."""
         raise NotImplementedError
 
     def reset_delay(self, conn: Connection) -> float:
-        return 0.0
+        """Seconds the reset on return takes for ``conn`` (hook)."""
+        return self.reset
 
-    def release(self, conn: Connection) -> Generator[simpy.Event, Any, None]:
+    def release(self, conn: Connection) -> Release:
+        """Give ``conn`` back under the library's rules (hook)."""
         raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKind:
+    """Everything the project knows about one pool library (see the module doc)."""
+
+    key: str
+    config: type[PoolConfig]
+    model: type[PoolModel[Any]]
+    rules: str
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.config.kind != self.key:
+            raise ValueError(f"pool kind {self.key!r}: its config says kind {self.config.kind!r}")

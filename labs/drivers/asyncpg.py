@@ -27,40 +27,44 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import asyncpg
 
-from labs.drivers.common import CURRENT_RECORD, OK, Record, RunContext, failed
+from labs.drivers.base import Driver
+from labs.records import Record, RunContext
+from simlib.scenario import Scenario
 
 #: Seconds ``close()`` waits for the pool to close gracefully before terminating it.
 CLOSE_TIMEOUT = 10.0
 
 
-class AsyncpgDriver:
+class AsyncpgDriver(Driver):
+    """An asyncpg Pool; every request a task on one event loop."""
+
     kind = "asyncpg"
+    asynchronous = True
     #: send ``select_one``'s SELECT 1 with ``execute`` (simple protocol) rather than ``fetch``
     simple_select_one = True
 
-    def __init__(self, scenario, ctx: RunContext) -> None:
-        self.scenario = scenario
-        self.config = scenario.pool
-        self.ctx = ctx
-        self.limit = self.config.max_size
+    def __init__(self, scenario: Scenario, ctx: RunContext) -> None:
+        super().__init__(scenario, ctx)
         self._sql = ctx.query.sql("dollar")
         self._keyed = {w: ctx.query.keyed_sql(w, "dollar") for w in (False, True)}
         self.pool: asyncpg.Pool | None = None
+        self._timeout: float | None = None
 
     async def open(self) -> None:
         c = self.config
         ctx = self.ctx
 
-        async def timed_connect(*args, **kwargs):
+        async def timed_connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
             t = time.perf_counter()
             conn = await asyncpg.connect(*args, **kwargs)
             ctx.connected(time.perf_counter() - t)
             return conn
 
-        async def no_reset(conn) -> None:
+        async def no_reset(conn: asyncpg.Connection) -> None:
             return None
 
         extra = {} if c.reset_on_return else {"reset": no_reset}
@@ -85,59 +89,38 @@ class AsyncpgDriver:
             except (TimeoutError, Exception):  # noqa: BLE001
                 self.pool.terminate()
 
-    async def serve(self, rec: Record) -> bool:
-        ctx = self.ctx
-        rec.started = ctx.now()
-        CURRENT_RECORD.set(rec)
-        try:
-            await self.call(rec, None)
-            rec.outcome = OK
-        except Exception as exc:  # noqa: BLE001 - every failure is a measured outcome
-            failed(rec, exc)
-        rec.finished = ctx.now()
-        return rec.outcome == OK
-
-    async def call(self, rec: Record, write: bool | None) -> int | None:
-        """One database call: acquire, statement, release; fills ``rec``'s times.
-
-        ``write`` None runs the plain statement; True/False the keyed write or
-        read of ``rec.key`` (labs/access.py), whose version is returned
-        (asyncpg runs each statement in its own transaction: a write is
-        committed when it returns).  Failures are raised after the release.
-        """
-        ctx = self.ctx
+    async def checkout(self) -> tuple[asyncpg.Connection, bool]:
         pool = self.pool
-        conn = None
-        try:
-            if pool._queue.empty():  # every holder is taken: acquire will wait
-                rec.waited = True
-            conn = await pool.acquire(timeout=self._timeout)
-            rec.got = ctx.now()
-            if ctx.stopping.is_set():
-                raise RuntimeError("run stopped before the query was sent")
-            version = None
-            if write is not None:
-                version = await conn.fetchval(
-                    self._keyed[write], *ctx.query.keyed_params("dollar", rec.key, rec.service)
-                )
-            elif self.simple_select_one and ctx.query.select_one:
-                await conn.execute(self._sql)  # simple protocol, no parameter
-            else:
-                await conn.fetch(self._sql, *ctx.query.params(rec.service))
-            rec.query_done = ctx.now()
-            c, conn = conn, None
-            await pool.release(c)
-            rec.released = ctx.now()
-            return None if version is None else int(version)
-        finally:
-            # Also on failure and on cancellation (the run being wound down): a
-            # connection that is never released makes ``pool.close()`` wait forever.
-            if conn is not None:
-                try:
-                    await asyncio.shield(pool.release(conn))
-                except BaseException:  # noqa: BLE001
-                    pass
-                rec.released = ctx.now()
+        assert pool is not None
+        waited = pool._queue.empty()  # every holder is taken: acquire will wait
+        return await pool.acquire(timeout=self._timeout), waited
 
-    def details(self) -> dict:
+    async def execute(self, conn: asyncpg.Connection, rec: Record, write: bool | None) -> Any:
+        # asyncpg runs each statement in its own transaction: a write is
+        # committed when it returns.
+        query = self.ctx.query
+        if write is not None:
+            return await conn.fetchval(self._keyed[write], *query.keyed_args(rec.key, rec.service))
+        if self.simple_select_one and query.select_one:
+            await conn.execute(self._sql)  # simple protocol, no parameter
+        else:
+            await conn.fetch(self._sql, *query.params(rec.service))
+        return None
+
+    async def release(self, conn: asyncpg.Connection, ok: bool) -> None:
+        assert self.pool is not None
+        if ok:
+            await self.pool.release(conn)
+            return
+        # After a failure or a cancellation: shielded, so a second cancel cannot
+        # lose the connection (pool.close() would wait for it forever).
+        try:
+            await asyncio.shield(self.pool.release(conn))
+        except BaseException:  # noqa: BLE001
+            pass
+
+    def details(self) -> dict[str, object]:
         return {"limit": self.limit, "asyncpg": asyncpg.__version__}
+
+
+DRIVER = AsyncpgDriver

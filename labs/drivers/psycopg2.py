@@ -5,26 +5,31 @@ transaction back when it keeps the connection, and closes it when
 ``minconn`` are already idle).  ``getconn()`` never waits: with ``maxconn``
 connections in use it raises ``PoolError("connection pool exhausted")``,
 counted as a timeout.  So ``p_wait`` is 0 by construction.  Connects are
-counted by a connection factory subclass (see psycopg2_util).
+counted by a connection factory subclass (see _psycopg2).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg2
 import psycopg2.pool
 
-from labs.drivers.common import SyncDriver
-from labs.drivers.psycopg2_util import connect_kwargs
+from labs.drivers._psycopg2 import Statements, connect_kwargs, psycopg2_version
+from labs.drivers.base import Driver
+from labs.records import Record, RunContext
+from simlib.scenario import Scenario
 
 
-class Psycopg2Driver(SyncDriver):
+class Psycopg2Driver(Driver):
+    """A ThreadedConnectionPool; one thread per request."""
+
     kind = "psycopg2"
+    timeouts = (psycopg2.pool.PoolError,)
 
-    def __init__(self, scenario, ctx) -> None:
+    def __init__(self, scenario: Scenario, ctx: RunContext) -> None:
         super().__init__(scenario, ctx)
-        self.limit = self.config.maxconn
-        self._sql = ctx.query.sql("pyformat")
-        self._keyed = {w: ctx.query.keyed_sql(w, "pyformat") for w in (False, True)}
+        self.statements = Statements(ctx)
         self.pool: psycopg2.pool.ThreadedConnectionPool | None = None
 
     def open(self) -> None:
@@ -37,27 +42,25 @@ class Psycopg2Driver(SyncDriver):
         if self.pool is not None:
             self.pool.closeall()
 
-    def checkout(self):
+    def checkout(self) -> tuple[Any, bool]:
+        assert self.pool is not None
         conn = self.pool.getconn()
         if not self.config.reset_on_return:
             conn.autocommit = True  # no transaction, so putconn has nothing to roll back
         return conn, False
 
-    def execute(self, conn, arg) -> None:
-        with conn.cursor() as cur:
-            cur.execute(self._sql, (arg,))
-            cur.fetchall()
-
-    def execute_keyed(self, conn, write: bool, key: int, service: float) -> int:
-        with conn.cursor() as cur:
-            cur.execute(self._keyed[write], self.ctx.query.keyed_params("pyformat", key, service))
-            version = cur.fetchone()[0]
+    def execute(self, conn: Any, rec: Record, write: bool | None) -> int | None:
+        version = self.statements.execute(conn, rec, write)
         if write and not conn.autocommit:
             conn.commit()
-        return int(version)
+        return version
 
-    def release(self, conn, ok: bool) -> None:
+    def release(self, conn: Any, ok: bool) -> None:
+        assert self.pool is not None
         self.pool.putconn(conn, close=not ok and conn.closed != 0)
 
-    def details(self) -> dict:
-        return {"limit": self.limit, "psycopg2": psycopg2.__version__.split()[0]}
+    def details(self) -> dict[str, object]:
+        return {"limit": self.limit, "psycopg2": psycopg2_version()}
+
+
+DRIVER = Psycopg2Driver

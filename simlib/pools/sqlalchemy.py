@@ -24,37 +24,77 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+import simpy
+
+from simlib.config import Rule, flag, integer, number
 from simlib.database import Connection, ConnectionRefused
-from simlib.pools.base import PoolModel, PoolTimeout, WaitQueue
-from simlib.scenario import QueuePoolConfig
+from simlib.distributions import check_number
+from simlib.pools import base
 
 INF = float("inf")
 
 
-class QueuePoolModel(PoolModel):
-    kind = "sqlalchemy"
+def _recycle(field: str, value: object) -> float:
+    return check_number(
+        field, value, "must be -1 (off) or a number > 0", lambda x: x == -1 or x > 0
+    )
 
-    def __init__(self, env, server, recorder, config: QueuePoolConfig) -> None:
-        super().__init__(env, server, recorder)
-        self.config = config
-        unlimited = config.pool_size == 0 or config.max_overflow == -1
-        self.limit = INF if unlimited else config.pool_size + config.max_overflow
+
+@dataclass(frozen=True, slots=True)
+class QueuePoolConfig(base.PoolConfig):
+    """SQLAlchemy's QueuePool (the default pool of ``create_engine``)."""
+
+    kind: ClassVar[str] = "sqlalchemy"
+    RULES: ClassVar[Mapping[str, Rule]] = {
+        "pool_size": integer(">=", 0),
+        "max_overflow": integer(">=", -1),
+        "pool_timeout": number(">=", 0, inf=True),
+        "pool_recycle": _recycle,
+        "pool_pre_ping": flag,
+        "use_lifo": flag,
+        "reset_on_return": flag,
+    }
+
+    pool_size: int = 5  # 0 = no limit, as in SQLAlchemy
+    max_overflow: int = 10  # -1 = unlimited overflow
+    pool_timeout: float = 30.0  # inf = wait forever
+    pool_recycle: float = -1.0  # -1 = never recycle
+    pool_pre_ping: bool = False
+    use_lifo: bool = False
+    reset_on_return: bool = True  # rollback() on return: one more round trip
+
+    def connection_limit(self) -> int | None:
+        if self.pool_size == 0 or self.max_overflow == -1:
+            return None  # SQLAlchemy: no limit at all
+        return self.pool_size + self.max_overflow
+
+    def round_trips(self) -> base.RoundTrips:
+        return base.RoundTrips(checkout=int(self.pool_pre_ping), release=int(self.reset_on_return))
+
+
+class QueuePoolModel(base.PoolModel[QueuePoolConfig]):
+    """QueuePool's checkout and return (see the module doc)."""
+
+    def setup(self) -> None:
+        config = self.config
+        limit = config.connection_limit()
+        self.limit = INF if limit is None else limit
         self.idle_capacity = INF if config.pool_size == 0 else config.pool_size
         self.idle: deque[Connection] = deque()
         self.total = 0  # connections that exist or are being opened
-        self.waiters = WaitQueue(env)
+        self.waiters = base.WaitQueue(self.env)
         self.take = self.idle.pop if config.use_lifo else self.idle.popleft
         self.recycle = config.pool_recycle
-        self.ping = server.rtt if config.pool_pre_ping else 0.0
-        self._reset = server.rtt if config.reset_on_return else 0.0
-        timeout = config.pool_timeout
         self.timeout_message = (
             f"QueuePool limit of size {config.pool_size} overflow {config.max_overflow} "
-            f"reached, connection timed out, timeout {timeout:0.2f}"
+            f"reached, connection timed out, timeout {config.pool_timeout:0.2f}"
         )
 
-    def checkout(self, request):
+    def checkout(self, request: base.Waiting) -> base.Checkout:
         env = self.env
         if self.idle:
             conn = self.take()
@@ -67,7 +107,7 @@ class QueuePoolModel(PoolModel):
                 if self.total < self.limit:
                     conn = yield from self._open()
                 else:
-                    raise PoolTimeout(self.timeout_message)
+                    raise base.PoolTimeout(self.timeout_message)
         # Checks made at checkout, in SQLAlchemy's order: recycle, then pre-ping.
         if self.recycle > 0 and env.now - conn.created > self.recycle:
             self.server.close(conn)
@@ -79,7 +119,7 @@ class QueuePoolModel(PoolModel):
             yield env.timeout(self.ping)
         return conn
 
-    def _open(self):
+    def _open(self) -> Generator[simpy.Event, Any, Connection]:
         self.total += 1
         try:
             conn = yield from self.server.connect()
@@ -88,10 +128,7 @@ class QueuePoolModel(PoolModel):
             raise
         return conn
 
-    def reset_delay(self, conn: Connection) -> float:
-        return self._reset
-
-    def release(self, conn: Connection):
+    def release(self, conn: Connection) -> base.Release:
         if self.waiters.live and self.waiters.hand(conn):
             return
         if len(self.idle) < self.idle_capacity:
@@ -101,3 +138,21 @@ class QueuePoolModel(PoolModel):
             self.total -= 1
         return
         yield  # a generator, so callers can ``yield from`` every pool alike
+
+
+RULES = (
+    "lazy open; idle taken FIFO (`use_lifo`: LIFO); opens overflow at once below "
+    "`pool_size + max_overflow`; else FIFO wait up to `pool_timeout`, then `QueuePool limit "
+    "of size N overflow M reached, connection timed out, timeout T`; `pool_recycle` checked "
+    "at checkout; `pool_pre_ping` one round trip, skipped on a fresh connection; "
+    "reset-on-return rollback, one round trip; returned connection closed when `pool_size` "
+    "are idle (overflow churn); `pool_size = 0` = no limit"
+)
+
+KIND = base.PoolKind(
+    key="sqlalchemy",
+    config=QueuePoolConfig,
+    model=QueuePoolModel,
+    rules=RULES,
+    source="sqlalchemy/pool/impl.py (QueuePool), sqlalchemy/pool/base.py",
+)

@@ -20,17 +20,21 @@ Measured:
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import psycopg
 import psycopg_pool
 
-from labs.drivers.common import BIG_TIMEOUT, RunContext, SyncDriver
+from labs.drivers.base import BIG_TIMEOUT, Driver
+from labs.query import one
+from labs.records import Record, RunContext
+from simlib.scenario import Scenario
 
 
-def counting_connection_class(ctx: RunContext) -> type[psycopg.Connection]:
-    class CountingConnection(psycopg.Connection):
+def counting_connection_class(ctx: RunContext) -> type[psycopg.Connection[Any]]:
+    class CountingConnection(psycopg.Connection[Any]):
         @classmethod
-        def connect(cls, *args, **kwargs):  # type: ignore[override]
+        def connect(cls, *args: Any, **kwargs: Any) -> Any:
             t = time.perf_counter()
             conn = super().connect(*args, **kwargs)
             ctx.connected(time.perf_counter() - t)
@@ -39,20 +43,25 @@ def counting_connection_class(ctx: RunContext) -> type[psycopg.Connection]:
     return CountingConnection
 
 
-class PsycopgPoolDriver(SyncDriver):
-    kind = "psycopg_pool"
+def _finite(seconds: float) -> float:
+    return BIG_TIMEOUT if seconds == float("inf") else seconds
 
-    def __init__(self, scenario, ctx) -> None:
+
+class PsycopgPoolDriver(Driver):
+    """A psycopg_pool ConnectionPool; one thread per request."""
+
+    kind = "psycopg_pool"
+    timeouts = (psycopg_pool.PoolTimeout, psycopg_pool.TooManyRequests)
+
+    def __init__(self, scenario: Scenario, ctx: RunContext) -> None:
         super().__init__(scenario, ctx)
-        c = self.config
-        self.limit = c.effective_max_size
         self._sql = ctx.query.sql("pyformat")
         self._keyed = {w: ctx.query.keyed_sql(w, "pyformat") for w in (False, True)}
-        self.pool: psycopg_pool.ConnectionPool | None = None
+        self.pool: psycopg_pool.ConnectionPool[Any] | None = None
+        self.stats: dict[str, int] = {}
 
     def open(self) -> None:
         c = self.config
-        inf = float("inf")
         self.pool = psycopg_pool.ConnectionPool(
             self.ctx.dsn,
             connection_class=counting_connection_class(self.ctx),
@@ -62,9 +71,9 @@ class PsycopgPoolDriver(SyncDriver):
             },
             min_size=c.min_size,
             max_size=c.effective_max_size,
-            timeout=BIG_TIMEOUT if c.timeout == inf else c.timeout,
-            max_lifetime=BIG_TIMEOUT if c.max_lifetime == inf else c.max_lifetime,
-            max_idle=BIG_TIMEOUT if c.max_idle == inf else c.max_idle,
+            timeout=_finite(c.timeout),
+            max_lifetime=_finite(c.max_lifetime),
+            max_idle=_finite(c.max_idle),
             max_waiting=c.max_waiting,
             num_workers=c.num_workers,
             name=self.ctx.application_name,
@@ -77,38 +86,40 @@ class PsycopgPoolDriver(SyncDriver):
             self.stats = self.pool.get_stats()
             self.pool.close(timeout=5.0)
 
-    def checkout(self):
+    def checkout(self) -> tuple[Any, bool]:
+        assert self.pool is not None
         waited = not self.pool._pool  # no idle connection: getconn() will queue
         return self.pool.getconn(), waited
 
-    def execute(self, conn, arg) -> None:
+    def execute(self, conn: Any, rec: Record, write: bool | None) -> int | None:
         # What `with pool.connection() as c:` does around the body: the
-        # statement, then commit on success (rollback on error) before putconn.
+        # statement, then commit on success (rollback on error) before putconn;
+        # a write's version is then committed.
+        query = self.ctx.query
         try:
-            conn.execute(self._sql, (arg,)).fetchall()
+            if write is None:
+                conn.execute(self._sql, (query.argument(rec.service),)).fetchall()
+                version = None
+            else:
+                params = query.keyed_params(rec.key, rec.service)
+                version = int(one(conn.execute(self._keyed[write], params)))
         except BaseException:
             conn.rollback()
             raise
         conn.commit()
+        return version
 
-    def execute_keyed(self, conn, write: bool, key: int, service: float) -> int:
-        # As execute(): commit on success (a write's version is then committed).
-        params = self.ctx.query.keyed_params("pyformat", key, service)
-        try:
-            version = conn.execute(self._keyed[write], params).fetchone()[0]
-        except BaseException:
-            conn.rollback()
-            raise
-        conn.commit()
-        return int(version)
-
-    def release(self, conn, ok: bool) -> None:
+    def release(self, conn: Any, ok: bool) -> None:
+        assert self.pool is not None
         self.pool.putconn(conn)
 
-    def details(self) -> dict:
+    def details(self) -> dict[str, object]:
         return {
             "limit": self.limit,
             "psycopg": psycopg.__version__,
             "psycopg_pool": psycopg_pool.__version__,
-            "pool_stats": dict(getattr(self, "stats", {})),
+            "pool_stats": dict(self.stats),
         }
+
+
+DRIVER = PsycopgPoolDriver

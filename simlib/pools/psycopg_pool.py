@@ -23,40 +23,91 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import simpy
 
+from simlib.config import Rule, flag, integer, number
 from simlib.database import Connection, ConnectionRefused
-from simlib.pools.base import PoolModel, PoolTimeout, WaitQueue
-from simlib.scenario import PsycopgPoolConfig
+from simlib.distributions import MISSING, ScenarioError
+from simlib.pools import base
 
 RECONNECT_TIMEOUT = 300.0
 INITIAL_DELAY, DELAY_JITTER, DELAY_BACKOFF = 1.0, 0.1, 2.0
 
 
-class PsycopgPoolModel(PoolModel):
-    kind = "psycopg_pool"
+@dataclass(frozen=True, slots=True)
+class PsycopgPoolConfig(base.PoolConfig):
+    """psycopg 3's ``psycopg_pool.ConnectionPool``."""
 
-    def __init__(self, env, server, recorder, config: PsycopgPoolConfig, uniform) -> None:
-        super().__init__(env, server, recorder)
-        self.config = config
+    kind: ClassVar[str] = "psycopg_pool"
+    RULES: ClassVar[Mapping[str, Rule]] = {
+        "min_size": integer(">=", 0),
+        "max_size": integer(">=", 1),
+        "timeout": number(">", 0, inf=True),
+        "max_lifetime": number(">", 0, inf=True),
+        "max_idle": number(">", 0, inf=True),
+        "max_waiting": integer(">=", 0),
+        "num_workers": integer(">=", 1),
+        "reset_on_return": flag,
+    }
+
+    min_size: int = 4
+    max_size: int | None = None  # None = same as min_size
+    timeout: float = 30.0
+    max_lifetime: float = 3600.0
+    max_idle: float = 600.0
+    max_waiting: int = 0  # 0 = unlimited
+    num_workers: int = 3
+    reset_on_return: bool = True
+
+    @property
+    def effective_max_size(self) -> int:
+        return self.min_size if self.max_size is None else self.max_size
+
+    def check(self, field: str, given: Mapping[str, object]) -> None:
+        if self.max_size is None and self.min_size == 0:
+            # psycopg_pool: "if min_size is 0 max_size must be greater or than 0"
+            raise ScenarioError(
+                f"{field}.max_size", "must be given (an integer >= 1) when min_size is 0", MISSING
+            )
+        if self.max_size is not None and self.max_size < self.min_size:
+            raise ScenarioError(
+                f"{field}.max_size",
+                f"must be an integer >= min_size ({self.min_size})",
+                self.max_size,
+            )
+
+    def connection_limit(self) -> int:
+        return self.effective_max_size
+
+    def round_trips(self) -> base.RoundTrips:
+        return base.RoundTrips(release=int(self.reset_on_return))  # the context's COMMIT
+
+
+class PsycopgPoolModel(base.PoolModel[PsycopgPoolConfig]):
+    """ConnectionPool's getconn, putconn and background workers (see the module doc)."""
+
+    def setup(self) -> None:
+        config = self.config
         self.max_size = config.effective_max_size
-        self.uniform = uniform  # random numbers for the jitters
         self.idle: deque[Connection] = deque()
         self.nconns = config.min_size
         self.nconns_min = config.min_size
         self.growing = False
-        self.waiters = WaitQueue(env)
-        self.workers = simpy.Resource(env, capacity=config.num_workers)
-        self._reset = server.rtt if config.reset_on_return else 0.0
+        self.waiters = base.WaitQueue(self.env)
+        self.workers = simpy.Resource(self.env, capacity=config.num_workers)
 
     def start(self) -> None:
         for _ in range(self.config.min_size):
             conn = self.server.preopen()
             self._set_expiry(conn)
             self.idle.append(conn)
-        if self.config.max_idle != float("inf"):
+        if self.config.max_idle != math.inf:
             self.env.process(self._shrink_periodically())
 
     def _set_expiry(self, conn: Connection) -> None:
@@ -64,23 +115,23 @@ class PsycopgPoolModel(PoolModel):
         conn.expire_at = self.env.now + self.config.max_lifetime * jitter
 
     # -- getconn ----------------------------------------------------------
-    def checkout(self, request):
+    def checkout(self, request: base.Waiting) -> base.Checkout:
         if self.idle:
-            conn = self.idle.popleft()
+            idle = self.idle.popleft()
             if len(self.idle) < self.nconns_min:
                 self.nconns_min = len(self.idle)
-            return conn
+            return idle
         max_waiting = self.config.max_waiting
         if max_waiting and len(self.waiters) >= max_waiting:
-            raise PoolTimeout(
+            raise base.PoolTimeout(
                 f"TooManyRequests: the pool has already {max_waiting} requests waiting"
             )
         request.waited = True
         event = self.waiters.wait(self.config.timeout)
         self._maybe_grow()
-        conn = yield event
+        conn: Connection | None = yield event
         if conn is None:
-            raise PoolTimeout(
+            raise base.PoolTimeout(
                 f"PoolTimeout: couldn't get a connection after {self.config.timeout} sec"
             )
         return conn
@@ -93,7 +144,7 @@ class PsycopgPoolModel(PoolModel):
         self.env.process(self._add_connection(growing=True))
 
     # -- background work --------------------------------------------------
-    def _add_connection(self, growing: bool = False):
+    def _add_connection(self, growing: bool = False) -> Generator[simpy.Event, Any, None]:
         env = self.env
         started = env.now
         delay = INITIAL_DELAY
@@ -125,7 +176,7 @@ class PsycopgPoolModel(PoolModel):
         if not self.waiters.hand(conn):
             self.idle.append(conn)
 
-    def _shrink_periodically(self):
+    def _shrink_periodically(self) -> Generator[simpy.Event, Any, None]:
         while True:
             yield self.env.timeout(self.config.max_idle)
             nconns_min, self.nconns_min = self.nconns_min, len(self.idle)
@@ -136,10 +187,7 @@ class PsycopgPoolModel(PoolModel):
                 self.server.close(conn)
 
     # -- putconn ----------------------------------------------------------
-    def reset_delay(self, conn: Connection) -> float:
-        return self._reset
-
-    def release(self, conn: Connection):
+    def release(self, conn: Connection) -> base.Release:
         if conn.expire_at <= self.env.now:
             self.server.close(conn)
             self.env.process(self._add_connection())
@@ -147,3 +195,18 @@ class PsycopgPoolModel(PoolModel):
             self._add_to_pool(conn)
         return
         yield
+
+
+KIND = base.PoolKind(
+    key="psycopg_pool",
+    config=PsycopgPoolConfig,
+    model=PsycopgPoolModel,
+    rules=(
+        "`min_size` opened in the background; FIFO idle; waiters FIFO up to `timeout` "
+        "(`PoolTimeout`), `max_waiting` (`TooManyRequests`); growth one connection at a time "
+        "by a background worker (`num_workers`); `max_lifetime` with −5…0% jitter, replaced "
+        "on return; one idle connection closed per `max_idle` above `min_size`; reconnect "
+        "back-off 1 s ×2"
+    ),
+    source="psycopg_pool/pool.py (ConnectionPool)",
+)

@@ -19,11 +19,59 @@
 
 from __future__ import annotations
 
-from simlib.database import Connection, ConnectionRefused
-from simlib.pools.base import PoolModel, PoolTimeout, WaitQueue
-from simlib.scenario import AsyncpgPoolConfig
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
-INF = float("inf")
+from simlib.config import Rule, flag, integer, number
+from simlib.database import Connection, ConnectionRefused
+from simlib.distributions import ScenarioError
+from simlib.pools import base
+
+INF = math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncpgPoolConfig(base.PoolConfig):
+    """asyncpg's ``create_pool``."""
+
+    kind: ClassVar[str] = "asyncpg"
+    RULES: ClassVar[Mapping[str, Rule]] = {
+        "min_size": integer(">=", 0),
+        "max_size": integer(">=", 1),
+        "timeout": number(">", 0, inf=True),
+        "max_inactive_connection_lifetime": number(">=", 0, inf=True),
+        "max_queries": integer(">=", 1),
+        "reset_on_return": flag,
+    }
+
+    min_size: int = 10
+    max_size: int = 10
+    timeout: float = math.inf  # acquire(timeout=None) waits forever
+    max_inactive_connection_lifetime: float = 300.0  # 0 disables
+    max_queries: int = 50_000
+    reset_on_return: bool = True
+
+    def check(self, field: str, given: Mapping[str, object]) -> None:
+        if self.max_size >= self.min_size:
+            return
+        # Blame the parameter the user wrote: max_size if given, else min_size.
+        if "max_size" in given:
+            raise ScenarioError(
+                f"{field}.max_size", f"must be an integer >= min_size ({self.min_size})",
+                self.max_size,
+            )
+        raise ScenarioError(
+            f"{field}.min_size", f"must be an integer <= max_size ({self.max_size})",
+            self.min_size,
+        )
+
+    def connection_limit(self) -> int:
+        return self.max_size
+
+    def round_trips(self) -> base.RoundTrips:
+        return base.RoundTrips(release=int(self.reset_on_return))  # the reset query
 
 
 class Holder:
@@ -36,16 +84,14 @@ class Holder:
         self.released_at = 0.0
 
 
-class AsyncpgPoolModel(PoolModel):
-    kind = "asyncpg"
+class AsyncpgPoolModel(base.PoolModel[AsyncpgPoolConfig]):
+    """asyncpg's holders, acquire and release (see the module doc)."""
 
-    def __init__(self, env, server, recorder, config: AsyncpgPoolConfig) -> None:
-        super().__init__(env, server, recorder)
-        self.config = config
+    def setup(self) -> None:
+        config = self.config
         self.stack: list[Holder] = [Holder() for _ in range(config.max_size)]
-        self.waiters = WaitQueue(env)
+        self.waiters = base.WaitQueue(self.env)
         self.in_use: dict[int, Holder] = {}  # id(connection) -> its holder
-        self._reset = server.rtt if config.reset_on_return else 0.0
         lifetime = config.max_inactive_connection_lifetime
         self.inactive_limit = lifetime if lifetime > 0 else INF
 
@@ -54,7 +100,7 @@ class AsyncpgPoolModel(PoolModel):
         for holder in self.stack[len(self.stack) - self.config.min_size :]:
             holder.conn = self.server.preopen()
 
-    def checkout(self, request):
+    def checkout(self, request: base.Waiting) -> base.Checkout:
         env = self.env
         timeout = self.config.timeout
         deadline = env.now + timeout
@@ -64,7 +110,7 @@ class AsyncpgPoolModel(PoolModel):
             request.waited = True
             holder = yield self.waiters.wait(timeout)
             if holder is None:
-                raise PoolTimeout("asyncio.TimeoutError: pool acquire timed out")
+                raise base.PoolTimeout("asyncio.TimeoutError: pool acquire timed out")
         if holder.conn is None:
             delay = self.server.begin_connect()
             if env.now + delay > deadline:
@@ -72,7 +118,7 @@ class AsyncpgPoolModel(PoolModel):
                 yield env.timeout(deadline - env.now)
                 self.server.abandon_connect()
                 self._push(holder)
-                raise PoolTimeout("asyncio.TimeoutError: pool acquire timed out")
+                raise base.PoolTimeout("asyncio.TimeoutError: pool acquire timed out")
             if delay > 0:
                 yield env.timeout(delay)
             try:
@@ -87,9 +133,9 @@ class AsyncpgPoolModel(PoolModel):
 
     def reset_delay(self, conn: Connection) -> float:
         # A connection past max_queries is closed without a reset.
-        return 0.0 if conn.queries >= self.config.max_queries else self._reset
+        return 0.0 if conn.queries >= self.config.max_queries else self.reset
 
-    def release(self, conn: Connection):
+    def release(self, conn: Connection) -> base.Release:
         holder = self.in_use.pop(id(conn))
         if conn.queries >= self.config.max_queries:
             self.server.close(conn)
@@ -112,3 +158,16 @@ class AsyncpgPoolModel(PoolModel):
         if conn is not None and holder.released_at == released and id(conn) not in self.in_use:
             self.server.close(conn)
             holder.conn = None
+
+
+KIND = base.PoolKind(
+    key="asyncpg",
+    config=AsyncpgPoolConfig,
+    model=AsyncpgPoolModel,
+    rules=(
+        "`max_size` holders on a LIFO stack, `min_size` connected at creation, the rest "
+        "lazily; `timeout` bounds waiting *and* the lazy connect; reset query on release; "
+        "closed after `max_queries`; closed after `max_inactive_connection_lifetime` idle"
+    ),
+    source="asyncpg/pool.py (Pool, PoolConnectionHolder)",
+)

@@ -1,0 +1,324 @@
+"""The servers' side of a run: probes that watch Postgres and Redis while the load runs.
+
+A **probe** samples one server on its own connection and thread while a run
+lasts, and sums up what it saw over the measured window.  Every probe has the
+same three methods -- ``start()``, ``stop()`` and ``summary(start, end)``, a
+dict of facts for the run's ``server`` document -- so the executor keeps a
+list of them and a new tier brings its own (a PgBouncer ``SHOW POOLS`` probe
+is one class here):
+
+* :class:`Monitor` samples ``pg_stat_activity`` every ~50 ms (own
+  application_name, so it never counts itself) and records, for the run's
+  application_name: open backends, backends running a query (``state =
+  'active'``), and every backend pid seen.  Time averages come from these
+  samples as a step function; ``connections_mean`` is one.
+* :class:`ReplicaMonitors`: one :class:`Monitor` per streaming replica.
+* :class:`ReplicationMonitor`: replication lag as the primary reports it.
+* :class:`CacheMonitor`: keys held, evictions, expiries and memory in Redis.
+
+Two one-off reads complete the server's view: ``sessions`` of
+``pg_stat_database`` (Postgres 14+) before and after the run
+(:func:`database_sessions`: backends started meanwhile; it counts every
+session on that database, ours and anyone else's, and is flushed by each
+backend at exit at the latest, so it is read after the run's connections are
+closed), and :func:`cancel_backends`, which cancels our queries still running
+when a run has to stop.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import psycopg2
+import redis
+
+__all__ = [
+    "CacheMonitor",
+    "Monitor",
+    "Probe",
+    "ReplicaMonitors",
+    "ReplicationMonitor",
+    "cancel_backends",
+    "database_sessions",
+]
+
+SAMPLE_INTERVAL = 0.05
+
+Clock = Callable[[], float]
+
+
+class Probe(Protocol):
+    """What the executor asks of a server-side sampler (the hooks a new probe implements)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def summary(self, start: float, end: float) -> dict[str, object]: ...
+
+
+def _connect(dsn: str, app: str) -> Any:
+    conn = psycopg2.connect(dsn, application_name=app)
+    conn.autocommit = True  # every statement its own snapshot of the statistics
+    return conn
+
+
+def database_sessions(dsn: str) -> int | None:
+    """``pg_stat_database.sessions`` for the DSN's database (None before Postgres 14)."""
+    conn = _connect(dsn, "labs-stats")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_stat_clear_snapshot()")
+            try:
+                cur.execute(
+                    "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+                )
+            except psycopg2.Error:
+                return None
+            row = cur.fetchone()
+            return int(row[0]) if row else None
+    finally:
+        conn.close()
+
+
+def cancel_backends(dsn: str, app: str) -> int:
+    """Cancel the running queries of our run's backends; returns how many."""
+    conn = _connect(dsn, "labs-stop")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = %s AND state = 'active'",
+                (app,),
+            )
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+class _Sampler:
+    """A background thread calling ``sample()`` every ``interval`` seconds until stopped.
+
+    Subclasses implement ``sample()`` (a tuple, or None to skip), ``close()``
+    and ``summary()``.  Samples are ``(time, *values)``; a failed sample (a
+    server gone, in a fault test) is counted in ``errors``.
+    """
+
+    def __init__(self, clock: Clock, interval: float) -> None:
+        self.clock = clock  # () -> run-relative seconds
+        self.interval = interval
+        self.samples: list[tuple[Any, ...]] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="labs-probe", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():  # not started when the run failed before it began
+            self._thread.join(timeout=5.0)
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+    def sample(self) -> tuple[Any, ...] | None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        next_t = time.perf_counter()
+        while not self._stop.is_set():
+            try:
+                row = self.sample()
+            except Exception:  # noqa: BLE001 - a server gone (fault tests) is counted
+                self.errors += 1
+                row = None
+            if row is not None:
+                self.samples.append((self.clock(), *row))
+            # Every ``interval`` from the first sample on, however long one took.
+            next_t += self.interval
+            delay = next_t - time.perf_counter()
+            if delay > 0:
+                self._stop.wait(delay)
+            else:
+                next_t = time.perf_counter()
+
+    def _window(self, start: float, end: float) -> list[tuple[Any, ...]]:
+        return [s for s in self.samples if start <= s[0] < end]
+
+
+class Monitor(_Sampler):
+    """Samples our backends in pg_stat_activity: ``(t, backends, active)``."""
+
+    SQL = "SELECT pid, state = 'active' FROM pg_stat_activity WHERE application_name = %s"
+
+    def __init__(self, dsn: str, app: str, clock: Clock, interval: float = SAMPLE_INTERVAL) -> None:
+        super().__init__(clock, interval)
+        self.dsn = dsn
+        self.app = app
+        self.pids: set[int] = set()
+        self._conn = _connect(dsn, app + "-monitor")
+        self._cur = self._conn.cursor()
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except psycopg2.Error:
+            pass
+
+    def sample(self) -> tuple[int, int]:
+        self._cur.execute(self.SQL, (self.app,))
+        rows = self._cur.fetchall()
+        self.pids.update(pid for pid, _ in rows)
+        return len(rows), sum(1 for _, active in rows if active)
+
+    def time_average(self, start: float, end: float, column: int = 1) -> float:
+        """Time average of a sampled column over [start, end), samples held as steps."""
+        if not self.samples or end <= start:
+            return float("nan")
+        times = np.array([s[0] for s in self.samples])
+        values = np.array([s[column] for s in self.samples], dtype=float)
+        # Each sample holds until the next one (the last until ``end``); the
+        # first also stands for the time before it.
+        t = times.copy()
+        t[0] = min(t[0], start)
+        nxt = np.append(t[1:], max(end, t[-1]))
+        widths = np.clip(np.minimum(nxt, end) - np.maximum(t, start), 0.0, None)
+        covered = widths.sum()
+        return float((values * widths).sum() / covered) if covered > 0 else float("nan")
+
+    def peak(self, start: float = -np.inf, end: float = np.inf, column: int = 1) -> int:
+        vals = [s[column] for s in self.samples if start <= s[0] < end]
+        return int(max(vals)) if vals else 0
+
+    def summary(self, start: float, end: float) -> dict[str, object]:
+        return {
+            "connections_peak": self.peak(),
+            "connections_peak_window": self.peak(start, end),
+            "connections_mean_window": self.time_average(start, end),
+            "active_mean_window": self.time_average(start, end, column=2),
+            "backends_seen": len(self.pids),
+            "monitor_samples": len(self.samples),
+            "monitor_errors": self.errors,
+        }
+
+
+class ReplicaMonitors:
+    """One :class:`Monitor` per streaming replica: our connections on each."""
+
+    def __init__(self, dsns: Sequence[str], app: str, clock: Clock) -> None:
+        self.monitors = [Monitor(dsn, app, clock) for dsn in dsns]
+
+    def start(self) -> None:
+        for m in self.monitors:
+            m.start()
+
+    def stop(self) -> None:
+        for m in self.monitors:
+            m.stop()
+
+    def time_average(self, start: float, end: float) -> float:
+        """Our connections on all replicas together, time average over [start, end)."""
+        return sum(m.time_average(start, end) for m in self.monitors)
+
+    def summary(self, start: float, end: float) -> dict[str, object]:
+        return {"replica_connections_mean": [m.time_average(start, end) for m in self.monitors]}
+
+
+class ReplicationMonitor(_Sampler):
+    """Replication lag as the primary reports it: ``pg_stat_replication`` every 0.2 s.
+
+    ``replay_lag`` is the time from the primary flushing WAL to the standby
+    confirming it has *applied* it; with ``recovery_min_apply_delay`` it
+    includes the delay.  Postgres shows NULL once a standby has caught up
+    and nothing new arrives, so the averages are over the samples with a value.
+    """
+
+    SQL = (
+        "SELECT extract(epoch FROM replay_lag), "
+        "pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) "
+        "FROM pg_stat_replication ORDER BY application_name"
+    )
+
+    def __init__(self, dsn: str, clock: Clock, interval: float = 0.2) -> None:
+        super().__init__(clock, interval)
+        self._conn = _connect(dsn, "labs-replication-monitor")
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except psycopg2.Error:
+            pass
+
+    def sample(self) -> tuple[Any, ...]:
+        with self._conn.cursor() as cur:
+            cur.execute(self.SQL)
+            rows = cur.fetchall()
+        lags = [float(lag) for lag, _ in rows if lag is not None]
+        behind = [float(b) for _, b in rows if b is not None]
+        return (max(lags) if lags else None, max(behind) if behind else None, len(rows))
+
+    def summary(self, start: float, end: float) -> dict[str, object]:
+        window = self._window(start, end)
+        lags = np.array([s[1] for s in window if s[1] is not None]) * 1000.0
+        behind = [s[2] for s in window if s[2] is not None]
+        return {
+            "replay_lag_mean_ms": float(lags.mean()) if lags.size else None,
+            "replay_lag_max_ms": float(lags.max()) if lags.size else None,
+            "replay_bytes_behind_max": max(behind) if behind else None,
+            "replicas_streaming_min": min((s[3] for s in window), default=None),
+            "replication_samples": len(window),
+        }
+
+
+class CacheMonitor(_Sampler):
+    """The Redis side of a run: keys held, evictions, expiries, memory; every 0.2 s.
+
+    ``keys_held`` counts the run's keys (``DBSIZE``: labs' Redis holds only
+    the run's own); evictions and expiries are the growth of ``INFO stats``
+    ``evicted_keys`` / ``expired_keys`` over the window.
+    """
+
+    def __init__(self, url: str, prefix: str, clock: Clock, interval: float = 0.2) -> None:
+        super().__init__(clock, interval)
+        self.prefix = prefix
+        self._redis = redis.Redis.from_url(url, socket_connect_timeout=0.25, socket_timeout=1.0)
+        # Connected now, before the run sizes maxmemory: its buffers count too.
+        self.sample()
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def sample(self) -> tuple[Any, ...]:
+        stats = self._redis.info("stats")
+        memory = self._redis.info("memory")
+        return (
+            int(self._redis.dbsize()),
+            int(stats.get("evicted_keys", 0)),
+            int(stats.get("expired_keys", 0)),
+            int(memory.get("used_memory", 0)),
+            int(memory.get("maxmemory", 0)),
+        )
+
+    def summary(self, start: float, end: float) -> dict[str, object]:
+        window = self._window(start, end)
+        if not window:
+            return {"cache_samples": 0, "cache_monitor_errors": self.errors}
+        held = [s[1] for s in window]
+        span = max(1e-9, window[-1][0] - window[0][0])
+        return {
+            "cache_keys_held_mean": float(np.mean(held)),
+            "cache_keys_held_max": int(max(held)),
+            "cache_evicted_per_s": (window[-1][2] - window[0][2]) / span,
+            "cache_expired_per_s": (window[-1][3] - window[0][3]) / span,
+            "redis_used_memory_max": int(max(s[4] for s in window)),
+            "redis_maxmemory": int(window[-1][5]),
+            "cache_samples": len(window),
+            "cache_monitor_errors": self.errors,
+        }

@@ -1,0 +1,318 @@
+"""Scenario sections as data: frozen dataclasses, and the rules that check them.
+
+A scenario file is a handful of TOML tables (``[workload]``, ``[query]``,
+``[pool]``, ``[database]``, ...).  Each table becomes one frozen dataclass, a
+:class:`Section`, whose fields carry the defaults and whose ``RULES`` say how
+each value is checked.  A rule is a small function ``rule(field, value)`` that
+returns the value converted (``5`` becomes ``5.0`` for a float field) or raises
+a :class:`~simlib.distributions.ScenarioError` whose one line names the field,
+what is allowed and what was found: ``pool.pool_size: must be an integer >= 0,
+got -3``.  Fields a file leaves out are simply not passed to the dataclass, so
+every default lives in one place, the dataclass definition.
+
+The sections every scenario has are defined here: :class:`Workload`,
+:class:`Query`, :class:`Database` and :class:`Client`.  The others live beside
+the model they configure -- each pool library's parameters in its module of
+:mod:`simlib.pools`, ``[cache]`` in :mod:`simlib.cache`, ``[replicas]`` in
+:mod:`simlib.replicas` -- so a new tier brings its section with it.
+
+Extension hooks of :class:`Section`: ``RULES`` (one rule per field) and
+:meth:`Section.check` (rules between fields, run after every field passed its
+own).  ``Section.parse`` is the one entry point: it validates a table once, at
+the edge; the frozen object it returns is trusted everywhere after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Self, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+from simlib.distributions import (
+    MISSING,
+    Constant,
+    Distribution,
+    Exponential,
+    ScenarioError,
+    check_integer,
+    check_number,
+    one_of,
+    parse_distribution,
+    subfield,
+)
+
+__all__ = [
+    "Client",
+    "Database",
+    "Popularity",
+    "Query",
+    "Rule",
+    "Section",
+    "Workload",
+    "choice",
+    "flag",
+    "fraction",
+    "integer",
+    "name",
+    "number",
+]
+
+# ---------------------------------------------------------------------------
+# Rules: small functions that check one value and return it converted
+# ---------------------------------------------------------------------------
+
+Rule: TypeAlias = Callable[[str, object], Any]
+
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def number(op: str, bound: float, *, inf: bool = False) -> Rule:
+    """A float compared with a bound, e.g. ``number(">", 0)``; ints are accepted."""
+    compare = _COMPARE[op]
+    allowed = f"must be a number {op} {bound:g}" + (" or inf" if inf else "")
+
+    def rule(field: str, value: object) -> float:
+        return check_number(field, value, allowed, lambda x: compare(x, bound), allow_inf=inf)
+
+    return rule
+
+
+def fraction(field: str, value: object) -> float:
+    return check_number(field, value, "must be a number between 0 and 1", lambda x: 0 <= x <= 1)
+
+
+def integer(op: str, bound: int) -> Rule:
+    """An int compared with a bound; floats such as 2.5 (or 2.0) are refused."""
+    compare = _COMPARE[op]
+    allowed = f"must be an integer {op} {bound}"
+
+    def rule(field: str, value: object) -> int:
+        return check_integer(field, value, allowed, lambda x: compare(x, bound))
+
+    return rule
+
+
+def flag(field: str, value: object) -> bool:
+    # Only real booleans: `pool_pre_ping = 1` is refused, as `pool_size = true` is.
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    raise ScenarioError(field, "must be true or false", value)
+
+
+def choice(*options: str) -> Rule:
+    def rule(field: str, value: object) -> str:
+        if isinstance(value, str) and value in options:
+            return value
+        raise ScenarioError(field, one_of(options), value)
+
+    return rule
+
+
+def name(field: str, value: object) -> str:
+    if isinstance(value, str) and value.strip():
+        return value
+    raise ScenarioError(field, "must be a non-empty string", value)
+
+
+# ---------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------
+
+
+class Section:
+    """Base of the section dataclasses: parsing with ``RULES``, and ``to_dict``.
+
+    Subclasses are frozen, slotted dataclasses.  They set ``RULES`` (field name
+    -> rule) and may override :meth:`check` for rules between two fields.
+    """
+
+    # Empty slots, so the slotted dataclasses below stay free of a __dict__.
+    __slots__ = ()
+    RULES: ClassVar[Mapping[str, Rule]] = {}
+    #: how an unknown key is reported ("unknown field", 'not a parameter of ...')
+    UNKNOWN: ClassVar[str] = "unknown field"
+
+    @classmethod
+    def parse(cls, field: str, table: object) -> Self:
+        """Check every key of ``table`` with its rule and construct the section.
+
+        Keys the table leaves out are not passed, so the dataclass defaults apply.
+        """
+        if not isinstance(table, Mapping):
+            raise ScenarioError(field or "scenario", "must be a table", table)
+        rules = cls.RULES
+        values: dict[str, object] = {}
+        for key, value in table.items():
+            if key not in rules:
+                allowed = f"(allowed: {', '.join(rules)})" if rules else "(it has no parameters)"
+                raise ScenarioError(subfield(field, key), f"{cls.UNKNOWN} {allowed}", value)
+            values[key] = rules[key](subfield(field, key), value)
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]  # subclasses are dataclasses
+            if f.name not in values and f.default is dataclasses.MISSING:
+                # A required field (psycopg2's minconn and maxconn).  Running its
+                # rule on MISSING reuses the rule's own "must be ..." wording.
+                try:
+                    rules[f.name](subfield(field, f.name), MISSING)
+                except ScenarioError as error:
+                    problem = f"required, {error.problem}"
+                    raise ScenarioError(error.field, problem, MISSING) from None
+        section = cls(**values)
+        section.check(field, values)
+        return section
+
+    def check(self, field: str, given: Mapping[str, object]) -> None:
+        """Rules between fields; ``given`` holds the ones the table set (hook)."""
+
+    def to_dict(self) -> dict[str, object]:
+        """The section's fields as a TOML table (``parse`` reads it back unchanged)."""
+        table: dict[str, object] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            # TOML has no null: an optional field that is None is left out,
+            # and reading the table back gives None again (the default).
+            if value is None:
+                continue
+            table[f.name] = value.to_dict() if hasattr(value, "to_dict") else value
+        return table
+
+
+@dataclass(frozen=True, slots=True)
+class Popularity(Section):
+    """Which keys requests pick: Zipf (a few hot keys) or uniform."""
+
+    dist: Literal["zipf", "uniform"]
+    s: float = 0.0  # Zipf exponent; 0 makes Zipf uniform, larger is more skewed
+
+    def probabilities(self, keys: int) -> npt.NDArray[np.float64]:
+        """P(key k) for k = 1..keys; Zipf gives p_k proportional to k^-s."""
+        if keys < 1:
+            raise ValueError(f"keys must be >= 1, got {keys}")
+        if self.dist == "uniform":
+            return np.full(keys, 1.0 / keys)
+        weights: npt.NDArray[np.float64] = np.arange(1, keys + 1, dtype=np.float64) ** -self.s
+        probabilities: npt.NDArray[np.float64] = weights / weights.sum()
+        return probabilities
+
+    def to_dict(self) -> dict[str, object]:
+        if self.dist == "uniform":
+            return {"dist": "uniform"}  # s means nothing here, so it is not written
+        return {"dist": "zipf", "s": self.s}
+
+    @classmethod
+    def parse(cls, field: str, value: object) -> Popularity:
+        if isinstance(value, Popularity):
+            value = value.to_dict()
+        if not isinstance(value, Mapping):
+            raise ScenarioError(
+                field, 'must be a table: { dist = "zipf", s = 0.9 } or { dist = "uniform" }', value
+            )
+        dist = value.get("dist", MISSING)
+        if not isinstance(dist, str) or dist not in ("zipf", "uniform"):
+            raise ScenarioError(f"{field}.dist", one_of(("zipf", "uniform")), dist)
+        for key, item in value.items():
+            if key == "s" and dist == "uniform":
+                raise ScenarioError(
+                    f"{field}.s",
+                    'not a parameter of popularity "uniform" (only "zipf" has s)',
+                    item,
+                )
+            if key not in ("dist", "s"):
+                raise ScenarioError(subfield(field, key), "unknown field (allowed: dist, s)", item)
+        if dist == "uniform":
+            return Popularity("uniform")
+        s = check_number(
+            f"{field}.s", value.get("s", 1.0), "must be a number >= 0", lambda x: x >= 0
+        )
+        return Popularity("zipf", s)
+
+
+@dataclass(frozen=True, slots=True)
+class Workload(Section):
+    """Who sends requests, how often, for how long, and for which keys."""
+
+    RULES: ClassVar[Mapping[str, Rule]] = {
+        "kind": choice("open", "closed"),
+        "rate": number(">", 0),
+        "clients": integer(">=", 1),
+        "think_time": number(">=", 0),
+        "duration": number(">", 0),
+        "warmup": number(">=", 0),
+        "keys": integer(">=", 1),
+        "popularity": Popularity.parse,
+        "write_fraction": fraction,
+    }
+
+    kind: Literal["open", "closed"] = "open"
+    rate: float = 400.0  # open: Poisson arrivals per second
+    clients: int = 50  # closed: clients looping request -> think -> request
+    think_time: float = 0.0  # closed: mean (exponential) think time, seconds
+    duration: float = 30.0  # measured seconds, after the warm-up
+    warmup: float = 5.0  # seconds simulated before measuring starts
+    keys: int = 10_000
+    popularity: Popularity = Popularity("zipf", 0.9)
+    write_fraction: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Query(Section):
+    """The work one request does on the database."""
+
+    RULES: ClassVar[Mapping[str, Rule]] = {
+        "service_time": parse_distribution,
+        "cpu_bound": flag,
+    }
+
+    service_time: Distribution = Exponential(0.005)
+    cpu_bound: bool = False  # True: the query needs one of the database's cores
+
+
+@dataclass(frozen=True, slots=True)
+class Database(Section):
+    """The server side: connection cost, round trip, cores, connection limit."""
+
+    RULES: ClassVar[Mapping[str, Rule]] = {
+        "connect_time": parse_distribution,
+        "network_rtt": number(">=", 0),
+        "cores": integer(">=", 0),
+        "max_connections": integer(">=", 1),
+    }
+
+    connect_time: Distribution = Constant(0.004)
+    network_rtt: float = 0.0001
+    cores: int = 2  # 0 = unlimited
+    max_connections: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Client(Section):
+    """What the application's own code costs per request (Python is not free).
+
+    ``dispatch``: from a request's arrival until its code has a connection
+    in hand, beyond what the pool itself makes it wait: scheduling the
+    request onto a thread or task, and the library's checkout code.  The
+    request holds no connection yet.
+
+    ``hold``: client time while a connection is checked out, beyond the
+    round trips and the query: the driver sending the query and decoding the
+    result, and the pool's return path.  The connection is busy (and no one
+    else can use it) all that time, so it raises the pool's utilisation.
+
+    Both default to nothing (a free client).  ``labs compare`` measures them
+    for the scenario's library on this machine (see labs/calibrate.py).
+    """
+
+    RULES: ClassVar[Mapping[str, Rule]] = {
+        "dispatch": parse_distribution,
+        "hold": parse_distribution,
+    }
+
+    dispatch: Distribution = Constant(0.0)
+    hold: Distribution = Constant(0.0)

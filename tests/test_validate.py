@@ -43,7 +43,8 @@ def test_suite_covers_the_required_regimes():
     assert {"light-load", "near-saturation", "overload-timeouts", "overflow-churn", "no-pool",
             "psycopg2-exhaustion", "cpu-too-many-connections", "asyncpg"} <= names
     kinds = {s.pool.kind for s in suite}
-    assert kinds == {"sqlalchemy", "psycopg2", "psycopg_pool", "asyncpg", "none"}
+    assert kinds == {"sqlalchemy", "psycopg2", "psycopg_pool", "asyncpg", "none",
+                     "sqlalchemy_async"}
     assert any(s.query.cpu_bound for s in suite)
     assert any(s.workload.kind == "closed" for s in suite)
     assert len(suite_files()) == len(suite)

@@ -1,0 +1,47 @@
+"""SQLAlchemy's asyncio engine: ``create_async_engine`` over asyncpg, ``AsyncAdaptedQueuePool``.
+
+``create_async_engine`` builds an ``AsyncEngine`` whose pool is
+``AsyncAdaptedQueuePool`` (sqlalchemy/pool/impl.py).  That class is
+``QueuePool`` with one attribute swapped, its queue class
+(``_queue_class = AsyncAdaptedQueue``, an ``asyncio.Queue`` in place of the
+``threading.Condition`` queue), and its docstring says it: "The arguments and
+operation of AsyncAdaptedQueuePool are otherwise identical to that of
+QueuePool".  So the parameters (``pool_size``, ``max_overflow``,
+``pool_timeout``, ``pool_recycle``, ``pool_pre_ping``, ``use_lifo``, reset on
+return) and the rules of checkout and return are QueuePool's, and so is the
+model: :class:`simlib.pools.sqlalchemy.QueuePoolModel`.  A timeout raises the
+same ``QueuePool limit of size N overflow M reached`` error.
+
+What the asyncio queue changes is *who* a returned connection goes to when
+several tasks wait (``asyncio.Queue`` wakes the first getter, but a task that
+runs first can take the connection); like QueuePool's own, that hand-off is
+modelled first come first served here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from simlib.pools import base
+from simlib.pools.sqlalchemy import QueuePoolConfig, QueuePoolModel
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncQueuePoolConfig(QueuePoolConfig):
+    """``create_async_engine``'s pool: QueuePool's parameters, names and defaults."""
+
+    kind: ClassVar[str] = "sqlalchemy_async"
+
+
+KIND = base.PoolKind(
+    key="sqlalchemy_async",
+    config=AsyncQueuePoolConfig,
+    model=QueuePoolModel,
+    rules=(
+        "`create_async_engine` over asyncpg: `AsyncAdaptedQueuePool` is QueuePool with an "
+        "`asyncio.Queue`, so the parameters and the rules are `sqlalchemy`'s, modelled by "
+        "its model"
+    ),
+    source="sqlalchemy/pool/impl.py (AsyncAdaptedQueuePool), sqlalchemy/ext/asyncio/engine.py",
+)

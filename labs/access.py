@@ -435,7 +435,7 @@ class KeyedDriver:
     def serve(self, rec: Record) -> Steps[bool]:
         rec.newest = self.router.versions.get(rec.key, 0)
         path = self._serve_write(rec) if rec.write else self._serve_read(rec)
-        return served(self.ctx, rec, path, self.primary.all_timeouts())
+        return served(self.ctx, rec, path, self.primary.pool_timeouts)
 
     def _cache_failed(self, rec: Record) -> None:
         rec.cache_error = True

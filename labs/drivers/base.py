@@ -134,6 +134,9 @@ class Driver:
         #: the most connections the pool may hold (None: no client-side limit);
         #: sizes the load generator's threads
         self.limit: int | None = scenario.pool.connection_limit()
+        #: every exception that counts as a pool timeout for this driver (built once:
+        #: every request's outcome is classified against it)
+        self.pool_timeouts = GENERIC_TIMEOUTS + self.timeouts
 
     # -- to implement (plain methods, or coroutine functions when asynchronous) --
     def open(self) -> Any:
@@ -162,12 +165,9 @@ class Driver:
     def closing(self) -> Steps[None]:
         yield self.close, ()
 
-    def all_timeouts(self) -> tuple[type[BaseException], ...]:
-        return GENERIC_TIMEOUTS + self.timeouts
-
     def serve(self, rec: Record) -> Steps[bool]:
         """The plain request: one database call with the plain statement."""
-        return served(self.ctx, rec, self.call(rec, None), self.all_timeouts())
+        return served(self.ctx, rec, self.call(rec, None), self.pool_timeouts)
 
     def call(self, rec: Record, write: bool | None) -> Steps[int | None]:
         """One database call: checkout, statement, release; fills ``rec``'s times.

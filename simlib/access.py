@@ -39,6 +39,7 @@ from typing import Any
 import simpy
 
 from simlib.cache import CacheAside
+from simlib.interpreter import Interpreter
 from simlib.metrics import OK, Recorder
 from simlib.replicas import Replica, ReplicaSet
 from simlib.request import Backend, Outcome, Request
@@ -57,8 +58,9 @@ class KeyedWorkload(Workload):
     def __init__(
         self, env: simpy.Environment, scenario: Scenario, primary: Backend, recorder: Recorder,
         streams: Streams, cache: CacheAside | None = None, replicas: ReplicaSet | None = None,
+        interpreter: Interpreter | None = None,
     ) -> None:
-        super().__init__(env, scenario, primary, recorder, streams)
+        super().__init__(env, scenario, primary, recorder, streams, interpreter)
         config = self.config
         self.cache = cache
         self.replicas = replicas
@@ -91,7 +93,7 @@ class KeyedWorkload(Workload):
             request.client = min(int(self._user() * clients), clients - 1)
         newest = self.versions.get(request.key, 0)  # what a fresh read must return, at least
         if self._dispatch is not None:
-            yield self.env.timeout(self._dispatch())
+            yield from self.interpreter.compute(self._dispatch())
         if request.write:
             outcome, got, done = yield from self._serve_write(request)
         else:
@@ -111,7 +113,7 @@ class KeyedWorkload(Workload):
                 recorder.cache_lookups += 1  # type: ignore[operator]  # set with a cache
             version = cache.lookup(key)
             if cache.hit_time:
-                yield env.timeout(cache.hit_time)
+                yield from self.interpreter.io(cache.hit_time)
             if version is not None:
                 if measured:
                     recorder.cache_hits += 1
@@ -123,7 +125,7 @@ class KeyedWorkload(Workload):
                     # Someone is already fetching this key: wait and share it.
                     if measured:
                         recorder.cache_coalesced += 1  # type: ignore[operator]
-                    outcome, version = yield leader
+                    outcome, version = yield from self.interpreter.blocked(leader)
                     if outcome == OK:
                         self._returned(version, newest, measured)
                     return outcome, None, None
@@ -133,7 +135,7 @@ class KeyedWorkload(Workload):
             if outcome == OK:
                 cache.fill(key, version)
                 if cache.hit_time:
-                    yield env.timeout(cache.hit_time)
+                    yield from self.interpreter.io(cache.hit_time)
             if fill is not None:
                 del cache.inflight[key]
                 fill.succeed((outcome, version))
@@ -179,7 +181,7 @@ class KeyedWorkload(Workload):
         cache = self.cache
         if outcome == OK and cache is not None:
             if cache.after_write(key, version) and cache.hit_time:
-                yield self.env.timeout(cache.hit_time)
+                yield from self.interpreter.io(cache.hit_time)
         return outcome, got, done
 
     def _returned(self, version: int, newest: int, measured: bool) -> None:

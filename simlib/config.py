@@ -283,36 +283,107 @@ class Database(Section):
         "network_rtt": number(">=", 0),
         "cores": integer(">=", 0),
         "max_connections": integer(">=", 1),
+        "idle_in_transaction_session_timeout": number(">=", 0),
     }
 
     connect_time: Distribution = Constant(0.004)
     network_rtt: float = 0.0001
     cores: int = 2  # 0 = unlimited
     max_connections: int = 100
+    # Postgres's setting, in seconds here (milliseconds in postgresql.conf):
+    # a session idle inside an open transaction this long is terminated.
+    # 0 = off, Postgres's default.
+    idle_in_transaction_session_timeout: float = 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        data = Section.to_dict(self)
+        if not self.idle_in_transaction_session_timeout:
+            del data["idle_in_transaction_session_timeout"]  # files stay as written
+        return data
 
 
 @dataclass(frozen=True, slots=True)
 class Client(Section):
-    """What the application's own code costs per request (Python is not free).
+    """What the application's own code costs per request, and what it forgets to give back.
 
-    ``dispatch``: from a request's arrival until its code has a connection
-    in hand, beyond what the pool itself makes it wait: scheduling the
-    request onto a thread or task, and the library's checkout code.  The
-    request holds no connection yet.
+    Costs are **CPU seconds of Python**, which do not depend on load.  The
+    model runs them on the application process's interpreter
+    (:mod:`simlib.interpreter`): one thread at a time holds the GIL (or the
+    event loop), on a core it may share with Postgres (``[host]``).  So their
+    wall-clock cost grows with load in the model as it does live.
 
-    ``hold``: client time while a connection is checked out, beyond the
-    round trips and the query: the driver sending the query and decoding the
+    ``dispatch``: the request's Python before it has a connection in hand:
+    the handler, and the library's checkout code.  No connection is held.
+
+    ``hold``: Python while a connection is checked out, beyond the round
+    trips and the query: the driver sending the query and decoding the
     result, and the pool's return path.  The connection is busy (and no one
     else can use it) all that time, so it raises the pool's utilisation.
 
-    Both default to nothing (a free client).  ``labs compare`` measures them
-    for the scenario's library on this machine (see labs/calibrate.py).
+    ``ping``, ``reset``, ``connect``: Python each of these costs beyond its
+    round trips and the server's work, charged only where it happens: a
+    pre-ping at checkout, a reset on return, a connection opened (the
+    driver's startup and authentication, SCRAM hashing included) and closed.
+
+    Leaks.  ``leak_fraction`` of the requests keep their connection for
+    ``leak_time`` more seconds after their answer has gone: a session closed
+    late (by the garbage collector, at the end of a background task) or
+    never.  With ``leak_in_transaction`` its transaction was left open too,
+    so Postgres shows the session ``idle in transaction`` and
+    ``[database] idle_in_transaction_session_timeout`` ends it; the pool
+    then finds the connection broken when it comes back.
+
+    All default to nothing (a free, tidy client).  ``labs compare`` measures
+    the costs for the scenario's library on this machine (labs/calibrate.py).
     """
 
     RULES: ClassVar[Mapping[str, Rule]] = {
         "dispatch": parse_distribution,
         "hold": parse_distribution,
+        "ping": number(">=", 0),
+        "reset": number(">=", 0),
+        "connect": number(">=", 0),
+        "leak_fraction": fraction,
+        "leak_time": parse_distribution,
+        "leak_in_transaction": flag,
     }
 
     dispatch: Distribution = Constant(0.0)
     hold: Distribution = Constant(0.0)
+    ping: float = 0.0
+    reset: float = 0.0
+    connect: float = 0.0
+    leak_fraction: float = 0.0
+    leak_time: Distribution = Constant(0.0)
+    leak_in_transaction: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        # Only what differs from the defaults, so files stay as written.
+        data = Section.to_dict(self)
+        default = Client()
+        return {k: v for k, v in data.items()
+                if k in ("dispatch", "hold") or getattr(self, k) != getattr(default, k)}
+
+
+@dataclass(frozen=True, slots=True)
+class Host(Section):
+    """Where the application's processes run, and whose cores their Python uses.
+
+    ``shared_cores``: the application runs on the database server's machine
+    and its Python shares ``[database] cores`` with Postgres's CPU-bound
+    queries (processor sharing), as on a laptop, a single VM, or the labs'
+    loopback runs.  False: the application has cores of its own, and each
+    process's Python runs at full speed whenever it holds its GIL.
+
+    ``switch_interval``: ``sys.setswitchinterval()``, how long a thread may
+    keep the GIL while another waits before it is made to drop it.  An
+    asyncio pool's tasks share one event loop, which never preempts.
+    """
+
+    RULES: ClassVar[Mapping[str, Rule]] = {
+        "shared_cores": flag,
+        "switch_interval": number(">", 0),
+    }
+
+    shared_cores: bool = False
+    switch_interval: float = 0.005  # CPython's default

@@ -147,6 +147,7 @@ class DatabaseServer:
         self.env = env
         self.rtt = config.network_rtt
         self.max_connections = config.max_connections
+        self.idle_in_transaction_timeout = config.idle_in_transaction_session_timeout
         self.connect_time = connect_time
         self.recorder = recorder
         self.connections = 0  # open connections
@@ -212,3 +213,28 @@ class DatabaseServer:
         conn.closed = True
         self.connections -= 1
         self.recorder.connection_closed()
+
+    def idle_in_transaction(self, conn: Connection, seconds: float) -> None:
+        """``conn`` sits in an open transaction for ``seconds``, doing nothing.
+
+        Postgres shows it ``idle in transaction`` meanwhile.  With
+        ``idle_in_transaction_session_timeout`` on and shorter, the backend
+        ends the session when it runs out (``FATAL: terminating connection
+        due to idle-in-transaction timeout``): its slot is free from then on,
+        and the client finds the connection broken when it next uses it.
+        """
+        recorder = self.recorder
+        recorder.idle_in_transaction(+1)
+        limit = self.idle_in_transaction_timeout
+        if limit and seconds > limit:
+            timer = self.env.timeout(limit)
+            timer.callbacks.append(lambda _t: self._terminate(conn))
+        else:
+            timer = self.env.timeout(seconds)
+            timer.callbacks.append(lambda _t: recorder.idle_in_transaction(-1))
+
+    def _terminate(self, conn: Connection) -> None:
+        self.recorder.idle_in_transaction(-1)
+        if not conn.closed:
+            self.recorder.session_terminated()
+            self.close(conn)

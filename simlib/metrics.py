@@ -27,6 +27,15 @@ counts they are NaN:
   of database reads sent to a replica, and the busiest replica's share of
   those, for how the read load spreads.
 
+How fair the pool's hand-off was, ``overtaken_ratio`` (the contract's
+definition): of the window's requests that waited for a connection, the
+share that some request which *asked later* beat to a connection, by more
+than ``OVERTAKE_EPS``.  A waiter that timed out counts as overtaken when a
+later asker got a connection before it gave up.  A FIFO hand-off gives 0.
+Each request contributes ``(asked, at, waited, got)`` to ``handoffs``: when it
+asked the pool, when it got a connection or gave up, whether it waited, and
+whether it got one.
+
 One replication gives one number per metric.  Independent replications give
 independent, identically distributed numbers, so a Student-t interval
 ``mean ± t(0.975, R-1) · s / √R`` is a 95% confidence interval for the
@@ -76,6 +85,11 @@ EXTRA_METRICS: tuple[str, ...] = (
     "cache_coalesced_ratio",  # [cache] single_flight: reads served by another's fill
     "replica_read_share",  # [replicas]: share of database reads sent to a replica
     "replica_reads_max_share",  # [replicas]: the busiest replica's share of replica reads
+    "checkout_p99_ms",  # 99th percentile of the checkout time
+    "overtaken_ratio",  # of the requests that waited, the share a later asker overtook
+    "leaked_rate",  # share of requests that kept their connection after answering
+    "idle_in_transaction_mean",  # time-average sessions idle in transaction
+    "sessions_terminated_per_s",  # sessions Postgres ended (idle-in-transaction timeout)
 )
 METRICS: tuple[str, ...] = CONTRACT_METRICS + EXTRA_METRICS
 
@@ -94,6 +108,28 @@ CONDITIONAL_METRICS: frozenset[str] = frozenset(
 
 # Outcomes of a request.
 OK, TIMEOUT, ERROR = 0, 1, 2
+
+#: Two moments closer than this are "the same" when judging overtaking: a live
+#: run's clocks and thread wake-ups are not finer, so the simulator does not
+#: count finer either.
+OVERTAKE_EPS = 0.0002
+
+#: One request's hand-off facts: (asked, got or gave up at, waited, got one).
+Handoff = tuple[float, float, bool, bool]
+
+
+def overtaken_counts(handoffs: Sequence[Handoff], eps: float = OVERTAKE_EPS) -> tuple[int, int]:
+    """(requests that waited, of them overtaken by a later asker); see the module doc."""
+    if not handoffs:
+        return 0, 0
+    a = np.asarray(handoffs, dtype=float).reshape(-1, 4)
+    a = a[np.argsort(a[:, 0], kind="stable")]
+    got_at = np.where(a[:, 3] > 0, a[:, 1], np.inf)
+    # The earliest connection among the requests that asked after each one.
+    later = np.append(np.minimum.accumulate(got_at[::-1])[::-1][1:], np.inf)
+    waited = a[:, 2] > 0
+    overtaken = waited & (later < a[:, 1] - eps)
+    return int(waited.sum()), int(overtaken.sum())
 
 
 class Level:
@@ -142,6 +178,9 @@ class WindowCounts:
     stale_reads: int = 0
     primary_reads: int = 0
     replica_reads: list[int] | None = None  # one count per replica
+    handoffs: list[Handoff] = field(default_factory=list)
+    leaked: int = 0  # requests that kept their connection after answering
+    terminated: int = 0  # sessions Postgres ended for idling in a transaction
 
 
 def window_metrics(
@@ -151,11 +190,13 @@ def window_metrics(
     connections_mean: float,
     busy_mean: float,
     in_flight_mean: float,
+    idle_in_transaction_mean: float = 0.0,
 ) -> dict[str, float]:
     """:func:`metric_values` of a run's counts and its time averages."""
     given = {f.name: getattr(counts, f.name) for f in dataclasses.fields(WindowCounts)}
     return metric_values(duration=duration, connections_mean=connections_mean,
-                         busy_mean=busy_mean, in_flight_mean=in_flight_mean, **given)
+                         busy_mean=busy_mean, in_flight_mean=in_flight_mean,
+                         idle_in_transaction_mean=idle_in_transaction_mean, **given)
 
 
 class Recorder(WindowCounts):
@@ -175,19 +216,24 @@ class Recorder(WindowCounts):
         self.connections = Level()
         self.busy = Level()
         self.in_flight = Level()
-        self._areas_at_start: tuple[float, float, float] | None = None
-        self._areas_at_end: tuple[float, float, float] | None = None
+        self.idle_in_tx = Level()
+        self._areas_at_start: tuple[float, ...] | None = None
+        self._areas_at_end: tuple[float, ...] | None = None
         # Snapshot the step curves at both ends of the window.
         env.timeout(start).callbacks.append(lambda _e: self._snapshot("start"))
         env.timeout(end).callbacks.append(lambda _e: self._snapshot("end"))
 
     def _snapshot(self, which: str) -> None:
         now = self.env.now
-        areas = (self.connections.area(now), self.busy.area(now), self.in_flight.area(now))
+        areas = self._areas(now)
         if which == "start":
             self._areas_at_start = areas
         else:
             self._areas_at_end = areas
+
+    def _areas(self, now: float) -> tuple[float, ...]:
+        return (self.connections.area(now), self.busy.area(now), self.in_flight.area(now),
+                self.idle_in_tx.area(now))
 
     def measured(self, arrival: float) -> bool:
         return self.start <= arrival < self.end
@@ -208,6 +254,15 @@ class Recorder(WindowCounts):
         if self.start <= self.env.now < self.end:
             self.refusals += 1
 
+    def idle_in_transaction(self, delta: int) -> None:
+        """A session began (+1) or stopped (-1) idling in an open transaction."""
+        self.idle_in_tx.set(self.env.now, self.idle_in_tx.value + delta)
+
+    def session_terminated(self) -> None:
+        """Postgres ended a session for idling in a transaction too long."""
+        if self.start <= self.env.now < self.end:
+            self.terminated += 1
+
     # -- request events ---------------------------------------------------
     def request_started(self) -> None:
         self.in_flight.set(self.env.now, self.in_flight.value + 1)
@@ -225,12 +280,22 @@ class Recorder(WindowCounts):
         waited: bool,
         got_connection: float | None,
         query_done: float | None,
+        asked: float | None = None,
     ) -> None:
-        """One request is over: record it if it arrived in the window."""
+        """One request is over: record it if it arrived in the window.
+
+        ``asked``: when it asked a pool for a connection (None: it never did,
+        a cache hit).
+        """
         now = self.env.now
         self.in_flight.set(now, self.in_flight.value - 1)
         if not (self.start <= arrival < self.end):
             return
+        if asked is not None:
+            got = got_connection is not None
+            self.handoffs.append(
+                (asked, got_connection if got else now, waited, got)  # type: ignore[arg-type]
+            )
         if waited:
             self.waited += 1
         if got_connection is not None:
@@ -249,17 +314,14 @@ class Recorder(WindowCounts):
     def results(self) -> dict[str, float]:
         """This replication's value of every metric that applies (NaN where undefined)."""
         duration = self.end - self.start
-        start_areas = self._areas_at_start or (0.0, 0.0, 0.0)
-        end_areas = self._areas_at_end or (
-            self.connections.area(self.end),
-            self.busy.area(self.end),
-            self.in_flight.area(self.end),
-        )
-        conn_mean, busy_mean, in_flight_mean = (
+        start_areas = self._areas_at_start or (0.0, 0.0, 0.0, 0.0)
+        end_areas = self._areas_at_end or self._areas(self.end)
+        conn_mean, busy_mean, in_flight_mean, idle_tx_mean = (
             (e - s) / duration for s, e in zip(start_areas, end_areas, strict=True)
         )
         values = window_metrics(self, duration=duration, connections_mean=conn_mean,
-                                busy_mean=busy_mean, in_flight_mean=in_flight_mean)
+                                busy_mean=busy_mean, in_flight_mean=in_flight_mean,
+                                idle_in_transaction_mean=idle_tx_mean)
         # Metrics that do not apply (no cache, no writes...) are left out rather
         # than NaN: NaN != NaN, so two identical runs would compare unequal.
         return {
@@ -292,6 +354,10 @@ def metric_values(
     stale_reads: int = 0,
     primary_reads: int = 0,
     replica_reads: Sequence[int] | None = None,
+    handoffs: Sequence[Handoff] = (),
+    leaked: int = 0,
+    terminated: int = 0,
+    idle_in_transaction_mean: float = 0.0,
 ) -> dict[str, float]:
     """Every metric from the window's counts and per-request times (in seconds).
 
@@ -306,6 +372,7 @@ def metric_values(
     """
     finished = completed + timeouts + errors
     query_ms = _milliseconds(query)
+    asked_waited, overtaken = overtaken_counts(handoffs)
     return {
         "throughput_rps": completed / duration,
         **_time_metrics(latency, checkout),
@@ -324,6 +391,11 @@ def metric_values(
         "cache_coalesced_ratio": _ratio(cache_coalesced, cache_lookups),
         "stale_read_ratio": _ratio(stale_reads, reads_returned),
         **_replica_metrics(primary_reads, replica_reads),
+        "checkout_p99_ms": _percentile(_milliseconds(checkout), 99),
+        "overtaken_ratio": overtaken / asked_waited if asked_waited else 0.0,
+        "leaked_rate": _ratio(leaked, arrivals),
+        "idle_in_transaction_mean": idle_in_transaction_mean,
+        "sessions_terminated_per_s": terminated / duration,
     }
 
 

@@ -8,9 +8,17 @@ What a web handler with a pool does for each database call, in order:
    the server refusing: :class:`~simlib.database.ConnectionRefused`);
 2. **query**: one round trip plus the service time on the server (a
    CPU-bound query shares the server's cores with the others running);
-3. **reset**: the pool's reset on return (``ROLLBACK``/``COMMIT``), plus the
-   client's own time holding the connection (the ``[client]`` table's ``hold``);
+3. **reset**: the client's own Python holding the connection (the
+   ``[client]`` table's ``hold``), then the pool's reset on return
+   (``ROLLBACK``/``COMMIT``);
 4. **release**: give the connection back under the pool's rules.
+
+A request runs its Python holding the application process's interpreter
+(:mod:`simlib.interpreter`) and drops it whenever it waits, so requests of
+one process take turns, and who runs first decides who gets a released
+connection.  A request that *leaks* (``[client] leak_fraction``) answers
+after its query and keeps the connection ``leak_time`` longer, maybe idle in
+a transaction that the server ends (``idle_in_transaction_session_timeout``).
 
 :class:`RequestPath` is that sequence; the plain workload
 (:mod:`simlib.workload`) and the keyed one (:mod:`simlib.access`: caches,
@@ -32,7 +40,8 @@ from typing import Any
 
 import simpy
 
-from simlib.database import ConnectionRefused, DatabaseServer
+from simlib.database import Connection, ConnectionRefused, DatabaseServer
+from simlib.interpreter import Interpreter, Unlocked
 from simlib.metrics import ERROR, OK, TIMEOUT, Recorder
 from simlib.pools.base import PoolModel, PoolTimeout
 
@@ -45,7 +54,7 @@ Outcome = tuple[int, float | None, float | None, int]
 class Request:
     """One request's state, as the pool and the recorder see it."""
 
-    __slots__ = ("arrival", "waited", "key", "write", "client", "measured")
+    __slots__ = ("arrival", "waited", "key", "write", "client", "measured", "asked")
 
     def __init__(self, arrival: float, client: int = -1) -> None:
         self.arrival = arrival
@@ -54,6 +63,7 @@ class Request:
         self.write = False
         self.client = client  # the closed-loop client or open-loop user; -1: nobody
         self.measured = False  # it arrived in the measured window
+        self.asked: float | None = None  # when it first asked a pool for a connection
 
 
 class Backend:
@@ -66,8 +76,36 @@ class Backend:
         self.server = server
 
 
+class Leaks:
+    """Which requests keep their connection after answering, and for how long.
+
+    ``[client] leak_fraction`` of them, each for a ``leak_time`` drawn on its
+    own stream; with ``leak_in_transaction`` the session idles in an open
+    transaction meanwhile (and may be ended by the server).
+    """
+
+    def __init__(
+        self, fraction: float, uniform: Callable[[], float], time: Callable[[], float],
+        in_transaction: bool,
+    ) -> None:
+        self.fraction = fraction
+        self.uniform = uniform
+        self.time = time
+        self.in_transaction = in_transaction
+
+    def draw(self) -> float:
+        """Seconds this request keeps its connection after answering (0: it does not leak)."""
+        return self.time() if self.uniform() < self.fraction else 0.0
+
+
 class RequestPath:
-    """Checkout, query, reset, release: one database call of a request (see the module doc)."""
+    """Checkout, query, reset, release: one database call of a request (see the module doc).
+
+    The request's process holds ``interpreter`` while its Python runs and
+    drops it for every wait (:mod:`simlib.interpreter`).  ``hold`` draws the
+    client's CPU while the connection is out; ``leaks`` says which requests
+    leak (None: none do).
+    """
 
     def __init__(
         self,
@@ -75,11 +113,18 @@ class RequestPath:
         recorder: Recorder,
         service_time: Callable[[], float],
         hold: Callable[[], float] | None = None,
+        interpreter: Interpreter | None = None,
+        leaks: Leaks | None = None,
     ) -> None:
         self.env = env
         self.recorder = recorder
         self.service_time = service_time
         self.hold = hold  # the client's own time with the connection; None: free
+        self.interpreter = Unlocked(env) if interpreter is None else interpreter
+        self.leaks = leaks
+        # Without client costs the waits between the query and the release
+        # can be one timeout: nothing runs in between that could take time.
+        self._merged = hold is None and leaks is None
 
     def use(
         self,
@@ -91,11 +136,15 @@ class RequestPath:
         """One database call; returns its :data:`Outcome`.
 
         ``snapshot(got)`` runs when the connection is in hand and the query
-        starts; ``commit()`` when its result is back, before the reset.
+        starts; ``commit()`` when its result is back, before the reset.  The
+        caller holds the interpreter before and after.
         """
         env = self.env
         recorder = self.recorder
+        interp = self.interpreter
         pool = backend.pool
+        if request.asked is None:
+            request.asked = env.now
         try:
             conn = yield from pool.checkout(request)
         except PoolTimeout:
@@ -108,28 +157,66 @@ class RequestPath:
             recorder.db_queries += 1
         version = 0 if snapshot is None else snapshot(got)
         reset = pool.reset_delay(conn)
-        if self.hold is not None:
-            # Client work while the connection is out (driver, result, return
-            # path): after the result is back, before the pool has it again.
-            reset += self.hold()
         server = backend.server
-        if server.cpu is None and commit is None:
-            # Round trip + service + reset in one timeout: same result, fewer events.
+        if server.cpu is None and commit is None and self._merged and not pool.reset_cpu:
+            # Round trip + service + reset in one wait: same result, fewer events.
             query = server.rtt + self.service_time()
-            yield env.timeout(query + reset)
+            yield from interp.io(query + reset)
             done = got + query
         else:
             if server.cpu is None:
-                yield env.timeout(server.rtt + self.service_time())
+                yield from interp.io(server.rtt + self.service_time())
             else:
+                interp.drop()
                 if server.rtt:
                     yield env.timeout(server.rtt)
                 yield server.cpu.run(self.service_time())
+                yield from interp.take()
             done = env.now
             if commit is not None:
                 version = commit()
+            if self.hold is not None:
+                # Client work while the connection is out (driver, result,
+                # return path): after the result is back, before the pool has it.
+                yield from interp.compute(self.hold())
+            leak = 0.0 if self.leaks is None else self.leaks.draw()
+            if leak > 0:
+                if request.measured:
+                    recorder.leaked += 1
+                env.process(self._leaked(conn, backend, leak, reset))
+                return OK, got, done, version
             if reset:
-                yield env.timeout(reset)
+                yield from interp.compute(pool.reset_cpu)
+                yield from interp.io(reset)
         yield from pool.release(conn)
         recorder.checked_in()
         return OK, got, done, version
+
+    def _leaked(
+        self, conn: Connection, backend: Backend, seconds: float, reset: float
+    ) -> Generator[simpy.Event, Any, None]:
+        """A connection the request kept: given back ``seconds`` after the answer, or found dead.
+
+        The request has answered already; what holds the connection is an
+        object closed late (a session the garbage collector finds, a
+        background task).  Closing it runs the pool's return path like any
+        other; a session the server ended meanwhile comes back broken and
+        the pool gets rid of it its own way (:meth:`PoolModel.discard`).
+        """
+        assert self.leaks is not None
+        interp = self.interpreter
+        server = backend.server
+        pool = backend.pool
+        if self.leaks.in_transaction:
+            server.idle_in_transaction(conn, seconds)
+        yield self.env.timeout(seconds)
+        yield from interp.take()
+        if conn.closed:
+            yield from pool.discard(conn)
+        else:
+            if reset:
+                yield from interp.compute(pool.reset_cpu)
+                yield from interp.io(reset)
+            yield from pool.release(conn)
+        self.recorder.checked_in()
+        interp.drop()

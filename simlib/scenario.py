@@ -40,6 +40,7 @@ from simlib.cache import Cache
 from simlib.config import (
     Client,
     Database,
+    Host,
     Popularity,
     Query,
     Rule,
@@ -57,6 +58,7 @@ __all__ = [
     "Cache",
     "Client",
     "Database",
+    "Host",
     "PoolConfig",
     "Popularity",
     "Query",
@@ -104,6 +106,7 @@ class Scenario(Section):
         "pool": _pool,
         "database": Database.parse,
         "client": Client.parse,
+        "host": Host.parse,
         "cache": Cache.parse,
         "replicas": Replicas.parse,
     }
@@ -116,6 +119,7 @@ class Scenario(Section):
     pool: PoolConfig = POOL_KINDS["sqlalchemy"]()
     database: Database = Database()
     client: Client = Client()
+    host: Host = Host()
     cache: Cache | None = None  # None = no cache
     replicas: Replicas | None = None  # None = primary only
 
@@ -148,6 +152,8 @@ class Scenario(Section):
         if self.client != Client():
             # Left out when free, so scenario files without [client] stay as written.
             data["client"] = self.client.to_dict()
+        if self.host != Host():
+            data["host"] = self.host.to_dict()
         if self.cache is not None:
             data["cache"] = self.cache.to_dict()
         if self.replicas is not None:

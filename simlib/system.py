@@ -6,9 +6,13 @@ From the back to the front, as a request meets them the other way round:
   replica, each a :class:`~simlib.database.DatabaseServer` with the
   scenario's ``[database]`` settings (connect cost, round trip, cores,
   ``max_connections``);
+* **the application process**: its Python, one
+  :class:`~simlib.interpreter.Interpreter` (threads at a GIL, or tasks on an
+  event loop, by the pool kind), on the primary's cores when ``[host]
+  shared_cores`` says so;
 * **the application's pools**: one per server with the scenario's ``[pool]``
   settings, as an application holds one engine per database URL (a
-  :class:`~simlib.request.Backend` each);
+  :class:`~simlib.request.Backend` each), all in that one process;
 * **tiers in front**: the replica set and its routing (:mod:`simlib.replicas`),
   the cache-aside cache (:mod:`simlib.cache`);
 * **the workload** that sends requests through all of it: the plain one, or
@@ -22,13 +26,16 @@ server.  :func:`build` returns the workload, ready to start.
 
 from __future__ import annotations
 
+import math
+
 import simpy
 
 from simlib.access import KeyedWorkload
 from simlib.cache import CacheAside
 from simlib.database import DatabaseServer
+from simlib.interpreter import Interpreter
 from simlib.metrics import Recorder
-from simlib.pools import make_pool
+from simlib.pools import make_pool, pool_kind
 from simlib.replicas import Replica, ReplicaSet
 from simlib.request import Backend
 from simlib.scenario import Scenario
@@ -48,14 +55,31 @@ class Builder:
         self.recorder = recorder
         self._connect = streams.distribution("connect", scenario.database.connect_time)
         self._pool_uniform = streams.uniform("pool")
+        self._interpreter: Interpreter | None = None  # made with the primary
 
-    def backend(self) -> Backend:
-        """A server with the scenario's ``[database]`` settings and the application's pool."""
+    def server(self) -> DatabaseServer:
+        """A server with the scenario's ``[database]`` settings."""
         s = self.scenario
-        server = DatabaseServer(
+        return DatabaseServer(
             self.env, s.database, self._connect, self.recorder, cpu_bound=s.query.cpu_bound
         )
-        pool = make_pool(self.env, server, self.recorder, s.pool, self._pool_uniform)
+
+    def interpreter(self, primary: DatabaseServer) -> Interpreter:
+        """The application process's Python, on the primary's cores when ``[host]`` shares them."""
+        s = self.scenario
+        asynchronous = pool_kind(s.pool.kind).asynchronous
+        return Interpreter(
+            self.env,
+            cpu=primary.cpu if s.host.shared_cores else None,
+            switch_interval=math.inf if asynchronous else s.host.switch_interval,
+        )
+
+    def backend(self, server: DatabaseServer | None = None) -> Backend:
+        """The application's pool in front of ``server`` (a new one by default)."""
+        s = self.scenario
+        server = self.server() if server is None else server
+        pool = make_pool(self.env, server, self.recorder, s.pool, self._pool_uniform,
+                         self._interpreter, s.client)
         return Backend(pool, server)
 
     def replicas(self) -> ReplicaSet | None:
@@ -77,7 +101,9 @@ class Builder:
     def workload(self) -> Workload:
         """The workload with everything behind it; the pools are started."""
         s = self.scenario
-        primary = self.backend()
+        server = self.server()
+        self._interpreter = interp = self.interpreter(server)
+        primary = self.backend(server)
         workload: Workload
         if s.keyed:
             replicas = self.replicas()
@@ -85,9 +111,9 @@ class Builder:
                 replicas.start()
             cache = None if s.cache is None else CacheAside(self.env, s.cache)
             workload = KeyedWorkload(self.env, s, primary, self.recorder, self.streams,
-                                     cache=cache, replicas=replicas)
+                                     cache=cache, replicas=replicas, interpreter=interp)
         else:
-            workload = Workload(self.env, s, primary, self.recorder, self.streams)
+            workload = Workload(self.env, s, primary, self.recorder, self.streams, interp)
         primary.pool.start()
         return workload
 

@@ -32,8 +32,9 @@ from typing import Any
 import simpy
 
 from simlib.distributions import Constant, Distribution
+from simlib.interpreter import Interpreter, Unlocked
 from simlib.metrics import OK, Recorder
-from simlib.request import Backend, Request, RequestPath
+from simlib.request import Backend, Leaks, Request, RequestPath
 from simlib.scenario import Scenario
 from simlib.streams import Streams
 
@@ -60,9 +61,11 @@ class Workload:
 
     def __init__(
         self, env: simpy.Environment, scenario: Scenario, primary: Backend, recorder: Recorder,
-        streams: Streams,
+        streams: Streams, interpreter: Interpreter | None = None,
     ) -> None:
         self.env = env
+        #: the application process's Python: requests take turns at it
+        self.interpreter = Unlocked(env) if interpreter is None else interpreter
         self.config = config = scenario.workload
         self.primary = primary
         self.recorder = recorder
@@ -74,7 +77,13 @@ class Workload:
         client = scenario.client
         self._dispatch = _sampler(streams, "dispatch", client.dispatch)
         service = streams.distribution("service", scenario.query.service_time)
-        self.path = RequestPath(env, recorder, service, _sampler(streams, "hold", client.hold))
+        leaks = None
+        if client.leak_fraction > 0:
+            leaks = Leaks(client.leak_fraction, streams.uniform("leaks"),
+                          streams.distribution("leak_time", client.leak_time),
+                          client.leak_in_transaction)
+        self.path = RequestPath(env, recorder, service, _sampler(streams, "hold", client.hold),
+                                self.interpreter, leaks)
         # Requests that arrived in the measured window and are not finished:
         # the run ends when this reaches zero after the window (or at a limit).
         self.pending = 0
@@ -92,26 +101,39 @@ class Workload:
     def _arrivals(self) -> Generator[simpy.Event, Any, None]:
         env = self.env
         gap = self.streams.exponential("arrivals", 1.0 / self.config.rate)
-        serve = self.serve
         process = env.process
+        request = self._open_request
         while True:
             yield env.timeout(gap())
-            process(serve())
+            process(request())
+
+    def _open_request(self) -> Generator[simpy.Event, Any, None]:
+        """An open arrival: a thread (or task) that runs one request and ends."""
+        interp = self.interpreter
+        yield from interp.take()
+        yield from self.serve()
+        interp.drop()
 
     def _client(
         self, think: Callable[[], float], client: int
     ) -> Generator[simpy.Event, Any, None]:
         env = self.env
+        interp = self.interpreter
         thinking = self.config.think_time > 0
         if thinking:
             yield env.timeout(think())  # clients do not all start at once
+        yield from interp.take()
         while True:
             started = env.now
             ok = yield from self.serve(client)
+            # Without think time the client goes straight on to its next
+            # request *still holding* the interpreter: that is how a thread
+            # that just returned a connection takes it again before the
+            # waiter it woke can run.
             if thinking:
-                yield env.timeout(think())
+                yield from interp.io(think())
             elif not ok and env.now == started:
-                yield env.timeout(FAILED_REQUEST_PAUSE)
+                yield from interp.io(FAILED_REQUEST_PAUSE)
 
     # -- one request --------------------------------------------------------
     def next_key(self) -> tuple[int, bool]:
@@ -133,12 +155,13 @@ class Workload:
         """Carry one request through checkout, query and return; True if it succeeded (hook).
 
         ``client``: the closed-loop client sending it (-1: an open arrival).
+        The caller holds the interpreter before and after.
         """
         request = self.begin(client)
         if self._dispatch is not None:
-            # The request's own code runs before it asks the pool (thread
-            # hand-off, library checkout code): no connection held yet.
-            yield self.env.timeout(self._dispatch())
+            # The request's own code runs before it asks the pool (handler,
+            # library checkout code): no connection held yet.
+            yield from self.interpreter.compute(self._dispatch())
         outcome, got, done, _ = yield from self.path.use(request, self.primary)
         self.finish(request, outcome, got, done)
         return outcome == OK
@@ -147,7 +170,8 @@ class Workload:
         self, request: Request, outcome: int, got: float | None, query_done: float | None
     ) -> None:
         """The request is over: record it, and end the drain when it was the last."""
-        self.recorder.request_finished(request.arrival, outcome, request.waited, got, query_done)
+        self.recorder.request_finished(request.arrival, outcome, request.waited, got, query_done,
+                                       request.asked)
         if request.measured:
             self.pending -= 1
             if self.pending == 0 and self.env.now >= self.recorder.end:

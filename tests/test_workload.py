@@ -81,8 +81,8 @@ def test_light_load_latency_is_round_trip_plus_service_plus_reset():
     assert r["query_mean_ms"] == pytest.approx(6.0)
 
 
-def test_closed_loop_without_think_time_keeps_every_client_busy():
-    s = scenario(
+def _six_clients_three_connections(pool):
+    return scenario(
         workload={
             "kind": "closed",
             "clients": 6,
@@ -91,12 +91,39 @@ def test_closed_loop_without_think_time_keeps_every_client_busy():
             "warmup": 1.0,
         },
         query={"service_time": {"dist": "constant", "value": 0.01}},
-        pool={"kind": "sqlalchemy", "pool_size": 3, "max_overflow": 0, "pool_timeout": math.inf},
+        pool=pool,
+    )
+
+
+def test_closed_loop_without_think_time_fair_hand_off_shares_the_connections():
+    """psycopg_pool assigns a returned connection to the first waiter: each waits one query."""
+    s = _six_clients_three_connections(
+        {"kind": "psycopg_pool", "min_size": 3, "max_size": 3, "timeout": math.inf}
     )
     r = run_replication(s, 0)
     assert r["in_flight_mean"] == pytest.approx(6.0)
     assert r["throughput_rps"] == pytest.approx(300.0, rel=0.01)  # 3 connections x 100/s
     assert r["latency_mean_ms"] == pytest.approx(20.0, rel=0.01)  # half the time waiting
+    assert r["overtaken_ratio"] == 0.0
+
+
+def test_closed_loop_without_think_time_queuepool_starves_the_waiters():
+    """QueuePool's Condition: the returning thread runs on and takes its connection again.
+
+    It still holds the GIL when it checks out again, before the waiter it
+    woke can run, so three clients keep the three connections and three wait
+    for ever: throughput is the same, but half the requests never finish.
+    """
+    s = _six_clients_three_connections(
+        {"kind": "sqlalchemy", "pool_size": 3, "max_overflow": 0, "pool_timeout": math.inf}
+    )
+    r = run_replication(s, 0)
+    assert r["throughput_rps"] == pytest.approx(300.0, rel=0.01)
+    assert r["latency_mean_ms"] == pytest.approx(10.0, rel=0.01)  # the lucky ones never wait
+    # The three starving requests are still in flight (they began in the
+    # warm-up, so no request of the window ever waits).
+    assert r["in_flight_mean"] == pytest.approx(6.0)
+    assert r["p_wait"] == 0.0
 
 
 def test_closed_loop_clients_that_fail_at_once_pause_instead_of_spinning():

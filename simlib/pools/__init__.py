@@ -19,8 +19,16 @@ from typing import Any
 import simpy
 
 from simlib.database import DatabaseServer
+from simlib.interpreter import Interpreter
 from simlib.metrics import Recorder
-from simlib.pools.base import PoolConfig, PoolKind, PoolModel, PoolTimeout, RoundTrips
+from simlib.pools.base import (
+    ClientCosts,
+    PoolConfig,
+    PoolKind,
+    PoolModel,
+    PoolTimeout,
+    RoundTrips,
+)
 
 __all__ = [
     "PoolConfig",
@@ -73,9 +81,15 @@ def make_pool(
     recorder: Recorder,
     config: PoolConfig,
     uniform: Callable[[], float],
+    interpreter: Interpreter | None = None,
+    costs: ClientCosts | None = None,
 ) -> PoolModel[Any]:
-    """The pool model for ``config``'s kind, in front of ``server``."""
-    return _KINDS[config.kind].model(env, server, recorder, config, uniform)
+    """The pool model for ``config``'s kind, in front of ``server``.
+
+    ``interpreter``: the application process's (None: nobody waits to run);
+    ``costs``: the ``[client]`` costs of its Python (None: free).
+    """
+    return _KINDS[config.kind].model(env, server, recorder, config, uniform, interpreter, costs)
 
 
 def rules_table() -> str:

@@ -4,10 +4,15 @@
   may or may not have a live connection.  Creating the pool connects the
   ``min_size`` holders on top of the stack; the others connect lazily, the
   first time they are acquired.
-* ``acquire(timeout=None)`` pops the most recently released holder (so a few
-  hot connections do most of the work), waiting first come first served when
-  all are taken.  With a timeout, ``asyncio.wait_for`` bounds the whole
-  acquire, *including* a lazy connect; on expiry it raises
+* ``acquire(timeout=None)`` takes from an ``asyncio.LifoQueue`` of holders
+  that prefers connected ones (``_PoolConnectionHolderQueue._get``: the most
+  recently released holder with a live connection, else the top), so a few
+  hot connections do most of the work.  When all are taken it waits on the
+  queue: ``asyncio.Queue``'s hand-off, where a release wakes the first
+  getter but a task that runs before it takes the holder, and the woken
+  getter waits again at the back (:class:`~simlib.pools.base.NotifyQueue`;
+  asyncpg issue 1247).  With a timeout, ``asyncio.wait_for`` bounds the
+  whole acquire, *including* a lazy connect; on expiry it raises
   ``asyncio.TimeoutError``.
 * Release resets the connection (one round trip for the reset query) and
   pushes the holder back.  A connection that has served ``max_queries``
@@ -90,7 +95,7 @@ class AsyncpgPoolModel(base.PoolModel[AsyncpgPoolConfig]):
     def setup(self) -> None:
         config = self.config
         self.stack: list[Holder] = [Holder() for _ in range(config.max_size)]
-        self.waiters = base.WaitQueue(self.env)
+        self.waiters = base.NotifyQueue(self.env)
         self.in_use: dict[int, Holder] = {}  # id(connection) -> its holder
         lifetime = config.max_inactive_connection_lifetime
         self.inactive_limit = lifetime if lifetime > 0 else INF
@@ -104,23 +109,24 @@ class AsyncpgPoolModel(base.PoolModel[AsyncpgPoolConfig]):
         env = self.env
         timeout = self.config.timeout
         deadline = env.now + timeout
-        if self.stack:
-            holder = self.stack.pop()
-        else:
-            request.waited = True
-            holder = yield self.waiters.wait(timeout)
-            if holder is None:
+        if not self.stack:
+            # await self._queue.get() inside wait_for(timeout): the asyncio.Queue
+            # hand-off (a task that runs first takes a released holder).
+            got = yield from self.wait_until_idle(
+                request, self.waiters, self.stack, timeout, cancel_on_timeout=True
+            )
+            if not got:
                 raise base.PoolTimeout("asyncio.TimeoutError: pool acquire timed out")
+        holder = self._get()
         if holder.conn is None:
             delay = self.server.begin_connect()
             if env.now + delay > deadline:
                 # wait_for cancels the connect at the deadline.
-                yield env.timeout(deadline - env.now)
+                yield from self.io(deadline - env.now)
                 self.server.abandon_connect()
                 self._push(holder)
                 raise base.PoolTimeout("asyncio.TimeoutError: pool acquire timed out")
-            if delay > 0:
-                yield env.timeout(delay)
+            yield from self.io(delay)
             try:
                 holder.conn = self.server.finish_connect()
             except ConnectionRefused:
@@ -130,6 +136,14 @@ class AsyncpgPoolModel(base.PoolModel[AsyncpgPoolConfig]):
         conn.queries += 1
         self.in_use[id(conn)] = holder
         return conn
+
+    def _get(self) -> Holder:
+        """``_PoolConnectionHolderQueue._get``: the newest connected holder, else the top."""
+        stack = self.stack
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i].conn is not None:
+                return stack.pop(i)
+        return stack.pop()
 
     def reset_delay(self, conn: Connection) -> float:
         # A connection past max_queries is closed without a reset.
@@ -148,9 +162,20 @@ class AsyncpgPoolModel(base.PoolModel[AsyncpgPoolConfig]):
         return
         yield
 
+    def discard(self, conn: Connection) -> base.Release:
+        # The reset fails: the holder terminates its connection and goes
+        # back to the queue empty; it reconnects when next acquired.
+        holder = self.in_use.pop(id(conn))
+        holder.conn = None
+        self._push(holder)
+        return
+        yield
+
     def _push(self, holder: Holder) -> None:
-        if not self.waiters.hand(holder):
-            self.stack.append(holder)
+        # queue.put_nowait(holder): wakes the first getter, who must still run.
+        self.stack.append(holder)
+        if self.waiters.live:
+            self.waiters.notify()
 
     def _maybe_deactivate(self, holder: Holder, released: float) -> None:
         # Only if the holder has stayed idle since that release.
@@ -165,9 +190,12 @@ KIND = base.PoolKind(
     config=AsyncpgPoolConfig,
     model=AsyncpgPoolModel,
     rules=(
-        "`max_size` holders on a LIFO stack, `min_size` connected at creation, the rest "
-        "lazily; `timeout` bounds waiting *and* the lazy connect; reset query on release; "
+        "`max_size` holders on a LIFO stack, connected ones first, `min_size` connected "
+        "at creation, the rest lazily; `asyncio.Queue` hand-off (a task that runs first "
+        "takes a released holder; the woken one waits again at the back); `timeout` "
+        "bounds waiting *and* the lazy connect; reset query on release; "
         "closed after `max_queries`; closed after `max_inactive_connection_lifetime` idle"
     ),
     source="asyncpg/pool.py (Pool, PoolConnectionHolder)",
+    asynchronous=True,
 )

@@ -10,7 +10,9 @@ library, in one object.
   names and defaults, and the rules that check them;
 * ``model``: the :class:`PoolModel` subclass that simulates the library;
 * ``rules``: the rules modelled, in a sentence or three (the README's table);
-* ``source``: where in the library those rules were read.
+* ``source``: where in the library those rules were read;
+* ``asynchronous``: its requests are asyncio tasks on one event loop, not
+  threads (:mod:`simlib.interpreter`: no forced switches).
 
 Scenario validation, :func:`simlib.pools.make_pool`, the live calibration and
 the README's rules table all read these descriptors, so adding a library is
@@ -21,7 +23,8 @@ and implements :meth:`PoolConfig.connection_limit` and
 :meth:`PoolConfig.round_trips` (and :meth:`~simlib.config.Section.check` for
 rules between parameters).  A :class:`PoolModel` subclass (generic in its
 configuration class, ``PoolModel[QueuePoolConfig]``) implements
-:meth:`~PoolModel.checkout` and :meth:`~PoolModel.release`, and may override
+:meth:`~PoolModel.checkout`, :meth:`~PoolModel.release` and
+:meth:`~PoolModel.discard` (a connection the server ended), and may override
 :meth:`~PoolModel.setup` (its own state), :meth:`~PoolModel.start`
 (connections opened before traffic) and :meth:`~PoolModel.reset_delay`.
 
@@ -43,7 +46,7 @@ events (:mod:`simlib.request`).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sized
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -51,6 +54,7 @@ import simpy
 
 from simlib.config import Section
 from simlib.database import Connection, DatabaseServer
+from simlib.interpreter import Interpreter, Unlocked
 from simlib.metrics import Recorder
 
 
@@ -113,12 +117,17 @@ class PoolConfig(Section):
 
 
 class WaitQueue:
-    """Requests waiting for a connection, served first come first served.
+    """Requests waiting for a connection, each *handed* one in turn: a fair, FIFO hand-off.
 
-    Each waiter is a SimPy event.  It succeeds with the connection (or the
-    asyncpg holder) handed to it, or with ``None`` when its deadline passes
-    first.  A timed-out waiter stays in the deque and is skipped when its turn
-    comes; removing it from the middle would cost O(n) for nothing.
+    psycopg_pool's rule (``_add_to_pool``: ``self._waiting.popleft().set(conn)``):
+    a returned connection is assigned to the longest-waiting client before
+    anyone else can see it, so nobody overtakes.  PgBouncer hands a released
+    server to the first waiting client the same way.
+
+    Each waiter is a SimPy event.  It succeeds with the connection handed to
+    it, or with ``None`` when its deadline passes first.  A timed-out waiter
+    stays in the deque and is skipped when its turn comes; removing it from
+    the middle would cost O(n) for nothing.
     """
 
     def __init__(self, env: simpy.Environment) -> None:
@@ -155,6 +164,83 @@ class WaitQueue:
         return False
 
 
+class NotifyQueue:
+    """Requests waiting on a condition: a return *wakes* the first, who must run to take it.
+
+    The rule of ``threading.Condition`` (SQLAlchemy's ``QueuePool`` waits on
+    one: ``sqlalchemy/util/queue.py``) and of ``asyncio.Queue`` (asyncpg's
+    pool, SQLAlchemy's ``AsyncAdaptedQueuePool``).  A return puts the
+    connection in the idle queue and notifies the first waiter
+    (``Condition.notify`` releases ``_waiters[0]``; ``Queue._wakeup_next``
+    sets the first getter's future), and that is all.  The connection stays
+    in the idle queue for whoever *runs* first: the woken waiter must get the
+    GIL (or its turn on the event loop) before it can look, and a thread that
+    checks out meanwhile finds the queue not empty and takes it without
+    waiting.  The woken waiter then finds it empty and waits again, at the
+    back (``while self._empty(): self.not_empty.wait(remaining)``;
+    ``while self.empty(): self._getters.append(getter)``).
+
+    :meth:`wait` gives an event that succeeds with True when notified, or
+    False when ``timeout`` passes first.  The pool model loops around it (see
+    :meth:`PoolModel.wait_until_idle`).
+    """
+
+    def __init__(self, env: simpy.Environment) -> None:
+        self.env = env
+        self._queue: deque[simpy.Event] = deque()
+        self.live = 0
+
+    def __len__(self) -> int:
+        return self.live
+
+    def wait(self, timeout: float) -> simpy.Event:
+        event = self.env.event()
+        self._queue.append(event)
+        self.live += 1
+        if timeout != float("inf"):
+            timer = self.env.timeout(timeout)
+            timer.callbacks.append(lambda _t: self._expire(event))
+        return event
+
+    def _expire(self, event: simpy.Event) -> None:
+        if not event.triggered:
+            self.live -= 1
+            event.succeed(False)
+
+    def notify(self) -> bool:
+        """Wake the first waiter still waiting; False if none waits."""
+        queue = self._queue
+        while queue:
+            event = queue.popleft()
+            if not event.triggered:
+                self.live -= 1
+                event.succeed(True)
+                return True
+        return False
+
+
+class ClientCosts(Protocol):
+    """The CPU seconds the library's Python spends on each operation (``[client]``)."""
+
+    @property
+    def ping(self) -> float: ...
+
+    @property
+    def reset(self) -> float: ...
+
+    @property
+    def connect(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NoCosts:
+    """Free Python: what a pool driven alone (a test of its rules) is given."""
+
+    ping: float = 0.0
+    reset: float = 0.0
+    connect: float = 0.0
+
+
 C = TypeVar("C", bound=PoolConfig)
 
 
@@ -162,7 +248,11 @@ class PoolModel(Generic[C]):
     """Base class: holds the environment, the server, the recorder and the configuration.
 
     ``uniform`` draws uniform numbers on [0, 1) from the replication's "pool"
-    stream, for the libraries that jitter (psycopg_pool).
+    stream, for the libraries that jitter (psycopg_pool).  ``interpreter`` is
+    the application process's :class:`~simlib.interpreter.Interpreter`: a
+    request holds it while the pool's code runs, and the pool drops it around
+    every wait (:meth:`blocked`, :meth:`connect`, :meth:`io`), as the real
+    library's thread or task does.
     """
 
     def __init__(
@@ -172,12 +262,20 @@ class PoolModel(Generic[C]):
         recorder: Recorder,
         config: C,
         uniform: Callable[[], float],
+        interpreter: Interpreter | None = None,
+        costs: ClientCosts | None = None,
     ) -> None:
         self.env = env
         self.server = server
         self.recorder = recorder
         self.config = config
         self.uniform = uniform
+        self.interpreter = Unlocked(env) if interpreter is None else interpreter
+        costs = NoCosts() if costs is None else costs
+        #: CPU seconds of the library's Python for a pre-ping, a reset, a connect
+        self.ping_cpu = costs.ping
+        self.reset_cpu = costs.reset
+        self.connect_cpu = costs.connect
         trips = config.round_trips()
         #: seconds of the pre-ping at checkout, and of the reset on return
         self.ping = server.rtt * trips.checkout
@@ -202,6 +300,57 @@ class PoolModel(Generic[C]):
         """Give ``conn`` back under the library's rules (hook)."""
         raise NotImplementedError
 
+    def discard(self, conn: Connection) -> Release:
+        """``conn`` comes back broken (the server ended it): forget it the library's way (hook)."""
+        raise NotImplementedError
+
+    # -- what the hooks use -----------------------------------------------
+    def blocked(self, event: simpy.Event) -> Generator[simpy.Event, Any, Any]:
+        """Wait for ``event`` (a lock, a condition) without holding the interpreter."""
+        return self.interpreter.blocked(event)
+
+    def connect(self) -> Generator[simpy.Event, Any, Connection]:
+        """Open a connection on the server, not holding the interpreter meanwhile."""
+        interp = self.interpreter
+        conn: Connection = yield from interp.run_blocking(self.server.connect())
+        yield from interp.compute(self.connect_cpu)  # the driver's side: startup, SCRAM
+        return conn
+
+    def io(self, seconds: float) -> Generator[simpy.Event, Any, None]:
+        """A round trip (a pre-ping) of ``seconds``, not holding the interpreter meanwhile."""
+        return self.interpreter.io(seconds)
+
+    def wait_until_idle(
+        self, request: Waiting, waiters: NotifyQueue, idle: Sized, timeout: float,
+        cancel_on_timeout: bool = False,
+    ) -> Generator[simpy.Event, Any, bool]:
+        """Wait on ``waiters`` until ``idle`` is not empty when it is our turn to run.
+
+        The loop of ``Condition``-based ``Queue.get(timeout=...)`` and of
+        ``asyncio.Queue.get()``: while empty, wait (at the back) for a
+        notification or the deadline, then run again and look.  True: ``idle``
+        holds a connection *now*, for the caller to take before it drops the
+        interpreter; False: the deadline passed.
+
+        ``cancel_on_timeout``: asyncio's ``wait_for`` cancels a getter at its
+        deadline even if it was woken and an item waits for it; the woken
+        getter then passes its wake-up to the next (``Queue.get``'s
+        ``except`` branch).  A ``Condition`` waiter looks first and takes it.
+        """
+        env = self.env
+        deadline = env.now + timeout
+        while not idle:
+            remaining = deadline - env.now
+            if remaining <= 0:
+                return False
+            request.waited = True
+            notified = yield from self.interpreter.blocked(waiters.wait(remaining))
+            if cancel_on_timeout and env.now >= deadline:
+                if notified and idle:
+                    waiters.notify()
+                return False
+        return True
+
 
 @dataclass(frozen=True, slots=True)
 class PoolKind:
@@ -212,6 +361,8 @@ class PoolKind:
     model: type[PoolModel[Any]]
     rules: str
     source: str
+    #: asyncio tasks on one event loop (never preempted), not threads
+    asynchronous: bool = False
 
     def __post_init__(self) -> None:
         if self.config.kind != self.key:

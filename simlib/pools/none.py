@@ -31,13 +31,17 @@ class NoPoolModel(base.PoolModel[NoPoolConfig]):
     """Connect, use, close."""
 
     def checkout(self, request: base.Waiting) -> base.Checkout:
-        conn = yield from self.server.connect()
+        conn = yield from self.connect()
         return conn
 
     def release(self, conn: Connection) -> base.Release:
         self.server.close(conn)
         return
         yield
+
+
+    def discard(self, conn: Connection) -> base.Release:
+        return self.release(conn)
 
 
 KIND = base.PoolKind(

@@ -74,7 +74,7 @@ class ThreadedPoolModel(base.PoolModel[ThreadedPoolConfig]):
         if lock.count or lock.queue:
             # Another thread holds the lock (it is connecting or rolling back).
             held = lock.request()
-            yield held
+            yield from self.blocked(held)
         try:
             if self.idle:
                 conn = self.idle.pop()
@@ -84,7 +84,7 @@ class ThreadedPoolModel(base.PoolModel[ThreadedPoolConfig]):
                 if held is None:
                     held = lock.request()  # free: granted at once
                     yield held
-                conn = yield from self.server.connect()
+                conn = yield from self.connect()
             self.used += 1
             conn.fresh = False
             return conn
@@ -98,17 +98,26 @@ class ThreadedPoolModel(base.PoolModel[ThreadedPoolConfig]):
     def release(self, conn: Connection) -> base.Release:
         lock = self.lock
         held = lock.request()
-        yield held
+        if held.triggered:  # free: granted at once, no need to stop running
+            yield held
+        else:
+            yield from self.blocked(held)
         try:
-            if len(self.idle) < self.config.minconn:
+            if conn.closed:
+                pass  # _putconn keeps only a connection that is not closed
+            elif len(self.idle) < self.config.minconn:
                 if self.reset:
-                    yield self.env.timeout(self.reset)
+                    yield from self.interpreter.compute(self.reset_cpu)
+                    yield from self.io(self.reset)
                 self.idle.append(conn)
             else:
                 self.server.close(conn)
             self.used -= 1
         finally:
             lock.release(held)
+
+    def discard(self, conn: Connection) -> base.Release:
+        return self.release(conn)
 
 
 KIND = base.PoolKind(

@@ -129,7 +129,9 @@ class PsycopgPoolModel(base.PoolModel[PsycopgPoolConfig]):
         request.waited = True
         event = self.waiters.wait(self.config.timeout)
         self._maybe_grow()
-        conn: Connection | None = yield event
+        # WaitingClient.wait: the connection is ours once assigned, but the
+        # thread still has to run again to return it.
+        conn: Connection | None = yield from self.blocked(event)
         if conn is None:
             raise base.PoolTimeout(
                 f"PoolTimeout: couldn't get a connection after {self.config.timeout} sec"
@@ -193,6 +195,14 @@ class PsycopgPoolModel(base.PoolModel[PsycopgPoolConfig]):
             self.env.process(self._add_connection())
         else:
             self._add_to_pool(conn)
+        return
+        yield
+
+
+    def discard(self, conn: Connection) -> base.Release:
+        # putconn finds it BAD: it is thrown away and a worker opens another.
+        self.server.close(conn)
+        self.env.process(self._add_connection())
         return
         yield
 

@@ -4,9 +4,14 @@
 * Checkout takes an idle connection if there is one (oldest first; newest
   first with ``use_lifo``).  Otherwise, while fewer than ``pool_size +
   max_overflow`` connections exist, it opens a new one at once ("overflow").
-  At the limit it waits, first come first served, up to ``pool_timeout`` and
-  then raises ``TimeoutError: QueuePool limit of size N overflow M reached,
-  connection timed out, timeout T``.  If a connection was *closed* meanwhile
+  At the limit it waits on the idle queue's ``threading.Condition`` up to
+  ``pool_timeout`` and then raises ``TimeoutError: QueuePool limit of size N
+  overflow M reached, connection timed out, timeout T``.
+* The hand-off is not FIFO (:class:`~simlib.pools.base.NotifyQueue`): a
+  return puts the connection in the queue and wakes the first waiter, but
+  any thread that runs before it (the returning thread checking out again, a
+  newcomer, a thread ahead of it for the GIL) takes the connection, and the
+  waiter waits again at the back.  If a connection was *closed* meanwhile
   (a failed connect), the timed-out request opens one instead of failing,
   as ``_do_get`` does after ``queue.Empty``.
 * ``pool_recycle``: a connection older than that is closed and reopened at
@@ -79,6 +84,9 @@ class QueuePoolConfig(base.PoolConfig):
 class QueuePoolModel(base.PoolModel[QueuePoolConfig]):
     """QueuePool's checkout and return (see the module doc)."""
 
+    #: A Condition waiter looks at the queue once more at its deadline.
+    CANCEL_ON_TIMEOUT = False
+
     def setup(self) -> None:
         config = self.config
         limit = config.connection_limit()
@@ -86,7 +94,7 @@ class QueuePoolModel(base.PoolModel[QueuePoolConfig]):
         self.idle_capacity = INF if config.pool_size == 0 else config.pool_size
         self.idle: deque[Connection] = deque()
         self.total = 0  # connections that exist or are being opened
-        self.waiters = base.WaitQueue(self.env)
+        self.waiters = base.NotifyQueue(self.env)
         self.take = self.idle.pop if config.use_lifo else self.idle.popleft
         self.recycle = config.pool_recycle
         self.timeout_message = (
@@ -101,50 +109,69 @@ class QueuePoolModel(base.PoolModel[QueuePoolConfig]):
         elif self.total < self.limit:
             conn = yield from self._open()
         else:
-            request.waited = True
-            conn = yield self.waiters.wait(self.config.pool_timeout)
-            if conn is None:
-                if self.total < self.limit:
-                    conn = yield from self._open()
-                else:
-                    raise base.PoolTimeout(self.timeout_message)
-        # Checks made at checkout, in SQLAlchemy's order: recycle, then pre-ping.
-        if self.recycle > 0 and env.now - conn.created > self.recycle:
+            # _do_get: at the limit, Queue.get(True, pool_timeout) on the
+            # Condition; barging and re-waiting are in wait_until_idle.
+            got = yield from self.wait_until_idle(
+                request, self.waiters, self.idle, self.config.pool_timeout,
+                cancel_on_timeout=self.CANCEL_ON_TIMEOUT,
+            )
+            if got:
+                conn = self.take()
+            elif self.total < self.limit:
+                conn = yield from self._open()  # a connection was closed meanwhile
+            else:
+                raise base.PoolTimeout(self.timeout_message)
+        # Checks made at checkout, in SQLAlchemy's order: a record invalidated
+        # earlier (its connection found dead) or past pool_recycle reconnects,
+        # then the pre-ping.
+        if conn.closed or (self.recycle > 0 and env.now - conn.created > self.recycle):
             self.server.close(conn)
             self.total -= 1
             conn = yield from self._open()
         if conn.fresh:
             conn.fresh = False
         elif self.ping:
-            yield env.timeout(self.ping)
+            yield from self.interpreter.compute(self.ping_cpu)
+            yield from self.io(self.ping)
         return conn
 
     def _open(self) -> Generator[simpy.Event, Any, Connection]:
         self.total += 1
         try:
-            conn = yield from self.server.connect()
+            conn = yield from self.connect()
         except ConnectionRefused:
             self.total -= 1
             raise
         return conn
 
     def release(self, conn: Connection) -> base.Release:
-        if self.waiters.live and self.waiters.hand(conn):
-            return
+        # _do_return_conn: Queue.put(record, False), which notifies one waiter;
+        # Full (pool_size idle already): close it.
         if len(self.idle) < self.idle_capacity:
             self.idle.append(conn)
+            if self.waiters.live:
+                self.waiters.notify()
         else:
             self.server.close(conn)
             self.total -= 1
         return
         yield  # a generator, so callers can ``yield from`` every pool alike
 
+    def discard(self, conn: Connection) -> base.Release:
+        # The reset fails, _finalize_fairy invalidates the record, and the
+        # record goes back to the queue without a connection: its next
+        # checkout reconnects (the ``conn.closed`` check above).
+        return self.release(conn)
+
 
 RULES = (
     "lazy open; idle taken FIFO (`use_lifo`: LIFO); opens overflow at once below "
-    "`pool_size + max_overflow`; else FIFO wait up to `pool_timeout`, then `QueuePool limit "
+    "`pool_size + max_overflow`; else waits on a `threading.Condition` up to `pool_timeout` "
+    "(not FIFO: whoever runs first takes a returned connection, the woken waiter waits "
+    "again at the back), then `QueuePool limit "
     "of size N overflow M reached, connection timed out, timeout T`; `pool_recycle` checked "
-    "at checkout; `pool_pre_ping` one round trip, skipped on a fresh connection; "
+    "at checkout, as is a record invalidated by a dead connection; `pool_pre_ping` one "
+    "round trip, skipped on a fresh connection; "
     "reset-on-return rollback, one round trip; returned connection closed when `pool_size` "
     "are idle (overflow churn); `pool_size = 0` = no limit"
 )

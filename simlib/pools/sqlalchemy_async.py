@@ -12,10 +12,15 @@ return) and the rules of checkout and return are QueuePool's, and so is the
 model: :class:`simlib.pools.sqlalchemy.QueuePoolModel`.  A timeout raises the
 same ``QueuePool limit of size N overflow M reached`` error.
 
-What the asyncio queue changes is *who* a returned connection goes to when
-several tasks wait (``asyncio.Queue`` wakes the first getter, but a task that
-runs first can take the connection); like QueuePool's own, that hand-off is
-modelled first come first served here.
+What the asyncio queue changes is small, and modelled: ``asyncio.Queue``
+wakes the first getter as the Condition wakes the first thread, and a task
+that runs first (on the event loop, in its ``_ready`` order) takes the
+connection, so the hand-off barges the same way
+(:class:`~simlib.pools.base.NotifyQueue`).  The timeout differs:
+``AsyncAdaptedQueue.get`` is ``wait_for(queue.get(), timeout)``, which
+*cancels* a getter at its deadline even when it was woken and a connection
+waits for it (the woken getter then passes the wake-up on), where a
+Condition waiter looks at the queue once more and takes it.
 """
 
 from __future__ import annotations
@@ -34,14 +39,21 @@ class AsyncQueuePoolConfig(QueuePoolConfig):
     kind: ClassVar[str] = "sqlalchemy_async"
 
 
+class AsyncQueuePoolModel(QueuePoolModel):
+    """QueuePool's rules with ``asyncio.wait_for``'s timeout (see the module doc)."""
+
+    CANCEL_ON_TIMEOUT = True
+
+
 KIND = base.PoolKind(
     key="sqlalchemy_async",
     config=AsyncQueuePoolConfig,
-    model=QueuePoolModel,
+    model=AsyncQueuePoolModel,
     rules=(
         "`create_async_engine` over asyncpg: `AsyncAdaptedQueuePool` is QueuePool with an "
         "`asyncio.Queue`, so the parameters and the rules are `sqlalchemy`'s, modelled by "
-        "its model"
+        "its model, with `wait_for`'s cancelling timeout"
     ),
     source="sqlalchemy/pool/impl.py (AsyncAdaptedQueuePool), sqlalchemy/ext/asyncio/engine.py",
+    asynchronous=True,
 )

@@ -378,12 +378,25 @@ class Host(Section):
     ``switch_interval``: ``sys.setswitchinterval()``, how long a thread may
     keep the GIL while another waits before it is made to drop it.  An
     asyncio pool's tasks share one event loop, which never preempts.
+
+    ``python``: the CPython version the application runs.  Library code
+    that decides who gets a connection differs by version: before 3.12,
+    ``asyncio.wait_for`` runs its awaitable in a new task, so asyncpg's
+    ``acquire(timeout=...)`` first looks at the pool one turn of the event
+    loop later, behind every task already ready.
     """
 
     RULES: ClassVar[Mapping[str, Rule]] = {
         "shared_cores": flag,
         "switch_interval": number(">", 0),
+        "python": choice("3.10", "3.11", "3.12", "3.13", "3.14"),
     }
 
     shared_cores: bool = False
     switch_interval: float = 0.005  # CPython's default
+    python: str = "3.11"  # the CPython this project pins
+
+    @property
+    def python_version(self) -> tuple[int, int]:
+        major, minor = self.python.split(".")
+        return int(major), int(minor)

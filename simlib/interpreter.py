@@ -38,9 +38,17 @@ queries).  So the client's work gets slower under load for two reasons a
 wall-clock calibration cannot see: its threads queue for the one interpreter,
 and its core is busy with Postgres.
 
+Waking.  A thread blocked on a lock or a condition, or a task awaiting a
+future, is *parked* (:meth:`Interpreter.parked`); whoever ends its wait
+(:meth:`Interpreter.wake`) puts it in line at that moment, as releasing a
+lock or ``set_result`` does.  Waits on time (I/O, sleeps) join the line when
+their time comes (:meth:`Interpreter.io`).
+
 Extension hooks: :meth:`Interpreter.compute` (Python work while holding),
-:meth:`Interpreter.blocked` (wait for an event without holding), and the two
-primitives :meth:`Interpreter.take` and :meth:`Interpreter.drop`.
+:meth:`Interpreter.io` and :meth:`Interpreter.blocked` (waits without
+holding), :meth:`Interpreter.parked` and :meth:`Interpreter.wake` (waits that
+another process ends), and the primitives :meth:`Interpreter.take` and
+:meth:`Interpreter.drop`.
 """
 
 from __future__ import annotations
@@ -59,6 +67,9 @@ Steps = Generator[simpy.Event, Any, None]
 #: CPython's default ``sys.getswitchinterval()``, seconds.
 SWITCH_INTERVAL = 0.005
 
+#: The CPython the project pins (constraints.txt), unless ``[host] python`` says otherwise.
+PYTHON = (3, 11)
+
 
 class Interpreter:
     """The GIL of one process (or its event loop): who runs Python now, who waits.
@@ -66,22 +77,28 @@ class Interpreter:
     ``cpu``: the cores its Python runs on when they are shared (None: a core
     of its own, at full speed).  ``switch_interval``: how long a thread may
     hold on while another waits (``inf`` for an event loop, which never
-    preempts).
+    preempts).  ``python``: the CPython version, for the library code that
+    differs by version (asyncio's ``wait_for`` runs its awaitable in a new
+    task before 3.12, inline from 3.12).
     """
 
-    __slots__ = ("env", "cpu", "switch_interval", "busy", "_ready")
+    __slots__ = ("env", "cpu", "switch_interval", "python", "busy", "_ready")
 
     def __init__(
         self,
         env: simpy.Environment,
         cpu: ProcessorSharing | None = None,
         switch_interval: float = SWITCH_INTERVAL,
+        python: tuple[int, int] = PYTHON,
     ) -> None:
         self.env = env
         self.cpu = cpu
         self.switch_interval = switch_interval
+        self.python = python  # CPython's version: some library paths depend on it
         self.busy = False  # someone holds it
-        self._ready: deque[simpy.Event] = deque()  # who waits to run, in order
+        # Who waits to run, in order: the event that resumes each, and the
+        # value it resumes with.
+        self._ready: deque[tuple[simpy.Event, Any]] = deque()
 
     @property
     def waiting(self) -> int:
@@ -98,15 +115,45 @@ class Interpreter:
             self.busy = True
             return
         turn = self.env.event()
-        self._ready.append(turn)
+        self._ready.append((turn, None))
         yield turn
 
     def drop(self) -> None:
         """Stop running Python: the first in line runs next (it stays busy), else it is free."""
         if self._ready:
-            self._ready.popleft().succeed()
+            event, value = self._ready.popleft()
+            event.succeed(value)
         else:
             self.busy = False
+
+    def wake(self, event: simpy.Event, value: Any = None) -> None:
+        """End a parked wait (:meth:`parked`): its process joins the line *now*.
+
+        What a released lock or ``Condition.notify`` does to a thread, and
+        ``future.set_result`` to a task (its wake-up goes to the end of the
+        loop's ``_ready`` at once): the woken one is in line before anything
+        the waker does next, though it runs only when its turn comes.
+        """
+        if not self.busy:
+            self.busy = True
+            event.succeed(value)
+        else:
+            self._ready.append((event, value))
+
+    def parked(self, event: simpy.Event) -> Generator[simpy.Event, Any, Any]:
+        """Drop the interpreter until someone wakes ``event`` (:meth:`wake`); its value.
+
+        The caller holds the interpreter before and after: a wake-up *is* the
+        turn to run again, so there is no separate wait for it.
+        """
+        self.drop()
+        return (yield event)
+
+    def next_turn(self) -> Steps:
+        """Let everyone already in line run first (``call_soon`` of a new task's first step)."""
+        if self._ready:
+            self.drop()
+            yield from self.take()
 
     def compute(self, work: float) -> Steps:
         """Run ``work`` seconds of CPU while holding, with forced switches.
@@ -189,3 +236,6 @@ class Unlocked(Interpreter):
 
     def drop(self) -> None:
         pass
+
+    def wake(self, event: simpy.Event, value: Any = None) -> None:
+        event.succeed(value)

@@ -29,8 +29,8 @@ counts they are NaN:
 
 How fair the pool's hand-off was, ``overtaken_ratio`` (the contract's
 definition): of the window's requests that waited for a connection, the
-share that some request which *asked later* beat to a connection, by more
-than ``OVERTAKE_EPS``.  A waiter that timed out counts as overtaken when a
+share that some request which *asked later* (by more than ``OVERTAKE_EPS``)
+beat to a connection, by more than ``OVERTAKE_EPS``.  A waiter that timed out counts as overtaken when a
 later asker got a connection before it gave up.  A FIFO hand-off gives 0.
 Each request contributes ``(asked, at, waited, got)`` to ``handoffs``: when it
 asked the pool, when it got a connection or gave up, whether it waited, and
@@ -124,9 +124,12 @@ def overtaken_counts(handoffs: Sequence[Handoff], eps: float = OVERTAKE_EPS) -> 
         return 0, 0
     a = np.asarray(handoffs, dtype=float).reshape(-1, 4)
     a = a[np.argsort(a[:, 0], kind="stable")]
+    asked = a[:, 0]
     got_at = np.where(a[:, 3] > 0, a[:, 1], np.inf)
-    # The earliest connection among the requests that asked after each one.
-    later = np.append(np.minimum.accumulate(got_at[::-1])[::-1][1:], np.inf)
+    # The earliest connection among the requests that asked strictly later
+    # (by more than eps: requests asking at the same moment are not "later").
+    suffix_min = np.append(np.minimum.accumulate(got_at[::-1])[::-1], np.inf)
+    later = suffix_min[np.searchsorted(asked, asked + eps, side="right")]
     waited = a[:, 2] > 0
     overtaken = waited & (later < a[:, 1] - eps)
     return int(waited.sum()), int(overtaken.sum())

@@ -72,6 +72,7 @@ class Builder:
             self.env,
             cpu=primary.cpu if s.host.shared_cores else None,
             switch_interval=math.inf if asynchronous else s.host.switch_interval,
+            python=s.host.python_version,
         )
 
     def backend(self, server: DatabaseServer | None = None) -> Backend:

@@ -95,7 +95,7 @@ class AsyncpgPoolModel(base.PoolModel[AsyncpgPoolConfig]):
     def setup(self) -> None:
         config = self.config
         self.stack: list[Holder] = [Holder() for _ in range(config.max_size)]
-        self.waiters = base.NotifyQueue(self.env)
+        self.waiters = base.NotifyQueue(self.interpreter)
         self.in_use: dict[int, Holder] = {}  # id(connection) -> its holder
         lifetime = config.max_inactive_connection_lifetime
         self.inactive_limit = lifetime if lifetime > 0 else INF
@@ -109,6 +109,12 @@ class AsyncpgPoolModel(base.PoolModel[AsyncpgPoolConfig]):
         env = self.env
         timeout = self.config.timeout
         deadline = env.now + timeout
+        if timeout != INF and self.interpreter.python < (3, 12):
+            # compat.wait_for is asyncio.wait_for, which before Python 3.12
+            # wraps _acquire_impl() in a new task: its first look at the
+            # queue waits behind every task already ready, a woken getter
+            # included.  Without a timeout (the default) it is awaited inline.
+            yield from self.interpreter.next_turn()
         if not self.stack:
             # await self._queue.get() inside wait_for(timeout): the asyncio.Queue
             # hand-off (a task that runs first takes a released holder).

@@ -116,7 +116,62 @@ class PoolConfig(Section):
         return RoundTrips()
 
 
-class WaitQueue:
+class _Waiter:
+    """One parked request: the event that resumes it, and whether anyone ended its wait."""
+
+    __slots__ = ("event", "done")
+
+    def __init__(self, event: simpy.Event) -> None:
+        self.event = event
+        self.done = False
+
+
+class _Waiters:
+    """Parked requests in arrival order, each woken through the interpreter once.
+
+    A waiter whose deadline passed stays in the deque and is skipped when its
+    turn comes; removing it from the middle would cost O(n) for nothing.
+    """
+
+    #: what a waiter resumes with when its deadline passes first
+    EXPIRED: Any = None
+
+    def __init__(self, interpreter: Interpreter) -> None:
+        self.interpreter = interpreter
+        self.env = interpreter.env
+        self._queue: deque[_Waiter] = deque()
+        self.live = 0  # waiters still waiting
+
+    def __len__(self) -> int:
+        return self.live
+
+    def wait(self, timeout: float) -> simpy.Event:
+        """Join the queue; the event fires when woken (holding the interpreter then)."""
+        waiter = _Waiter(self.env.event())
+        self._queue.append(waiter)
+        self.live += 1
+        if timeout != float("inf"):
+            timer = self.env.timeout(timeout)
+            timer.callbacks.append(lambda _t: self._end(waiter, self.EXPIRED))
+        return waiter.event
+
+    def _end(self, waiter: _Waiter, value: Any) -> bool:
+        if waiter.done:
+            return False
+        waiter.done = True
+        self.live -= 1
+        self.interpreter.wake(waiter.event, value)
+        return True
+
+    def _wake_first(self, value: Any) -> bool:
+        queue = self._queue
+        while queue:
+            if self._end(queue.popleft(), value):
+                return True
+        return False
+
+
+class WaitQueue(_Waiters):
     """Requests waiting for a connection, each *handed* one in turn: a fair, FIFO hand-off.
 
     psycopg_pool's rule (``_add_to_pool``: ``self._waiting.popleft().set(conn)``):
@@ -124,47 +179,16 @@ class WaitQueue:
     anyone else can see it, so nobody overtakes.  PgBouncer hands a released
     server to the first waiting client the same way.
 
-    Each waiter is a SimPy event.  It succeeds with the connection handed to
-    it, or with ``None`` when its deadline passes first.  A timed-out waiter
-    stays in the deque and is skipped when its turn comes; removing it from
-    the middle would cost O(n) for nothing.
+    A waiter resumes with the connection handed to it, or with ``None`` when
+    its deadline passes first.
     """
-
-    def __init__(self, env: simpy.Environment) -> None:
-        self.env = env
-        self._queue: deque[simpy.Event] = deque()
-        self.live = 0  # waiters still waiting
-
-    def __len__(self) -> int:
-        return self.live
-
-    def wait(self, timeout: float) -> simpy.Event:
-        event = self.env.event()
-        self._queue.append(event)
-        self.live += 1
-        if timeout != float("inf"):
-            timer = self.env.timeout(timeout)
-            timer.callbacks.append(lambda _t: self._expire(event))
-        return event
-
-    def _expire(self, event: simpy.Event) -> None:
-        if not event.triggered:
-            self.live -= 1
-            event.succeed(None)
 
     def hand(self, item: object) -> bool:
         """Give ``item`` to the longest-waiting live waiter; False if none waits."""
-        queue = self._queue
-        while queue:
-            event = queue.popleft()
-            if not event.triggered:
-                self.live -= 1
-                event.succeed(item)
-                return True
-        return False
+        return self._wake_first(item)
 
 
-class NotifyQueue:
+class NotifyQueue(_Waiters):
     """Requests waiting on a condition: a return *wakes* the first, who must run to take it.
 
     The rule of ``threading.Condition`` (SQLAlchemy's ``QueuePool`` waits on
@@ -180,43 +204,16 @@ class NotifyQueue:
     back (``while self._empty(): self.not_empty.wait(remaining)``;
     ``while self.empty(): self._getters.append(getter)``).
 
-    :meth:`wait` gives an event that succeeds with True when notified, or
-    False when ``timeout`` passes first.  The pool model loops around it (see
+    A waiter resumes with True when notified, or False when its deadline
+    passes first.  The pool model loops around it (see
     :meth:`PoolModel.wait_until_idle`).
     """
 
-    def __init__(self, env: simpy.Environment) -> None:
-        self.env = env
-        self._queue: deque[simpy.Event] = deque()
-        self.live = 0
-
-    def __len__(self) -> int:
-        return self.live
-
-    def wait(self, timeout: float) -> simpy.Event:
-        event = self.env.event()
-        self._queue.append(event)
-        self.live += 1
-        if timeout != float("inf"):
-            timer = self.env.timeout(timeout)
-            timer.callbacks.append(lambda _t: self._expire(event))
-        return event
-
-    def _expire(self, event: simpy.Event) -> None:
-        if not event.triggered:
-            self.live -= 1
-            event.succeed(False)
+    EXPIRED = False
 
     def notify(self) -> bool:
         """Wake the first waiter still waiting; False if none waits."""
-        queue = self._queue
-        while queue:
-            event = queue.popleft()
-            if not event.triggered:
-                self.live -= 1
-                event.succeed(True)
-                return True
-        return False
+        return self._wake_first(True)
 
 
 class ClientCosts(Protocol):
@@ -306,7 +303,7 @@ class PoolModel(Generic[C]):
 
     # -- what the hooks use -----------------------------------------------
     def blocked(self, event: simpy.Event) -> Generator[simpy.Event, Any, Any]:
-        """Wait for ``event`` (a lock, a condition) without holding the interpreter."""
+        """Wait for ``event`` (a lock) without holding the interpreter."""
         return self.interpreter.blocked(event)
 
     def connect(self) -> Generator[simpy.Event, Any, Connection]:
@@ -344,7 +341,7 @@ class PoolModel(Generic[C]):
             if remaining <= 0:
                 return False
             request.waited = True
-            notified = yield from self.interpreter.blocked(waiters.wait(remaining))
+            notified = yield from self.interpreter.parked(waiters.wait(remaining))
             if cancel_on_timeout and env.now >= deadline:
                 if notified and idle:
                     waiters.notify()

@@ -99,7 +99,7 @@ class PsycopgPoolModel(base.PoolModel[PsycopgPoolConfig]):
         self.nconns = config.min_size
         self.nconns_min = config.min_size
         self.growing = False
-        self.waiters = base.WaitQueue(self.env)
+        self.waiters = base.WaitQueue(self.interpreter)
         self.workers = simpy.Resource(self.env, capacity=config.num_workers)
 
     def start(self) -> None:
@@ -131,7 +131,7 @@ class PsycopgPoolModel(base.PoolModel[PsycopgPoolConfig]):
         self._maybe_grow()
         # WaitingClient.wait: the connection is ours once assigned, but the
         # thread still has to run again to return it.
-        conn: Connection | None = yield from self.blocked(event)
+        conn: Connection | None = yield from self.interpreter.parked(event)
         if conn is None:
             raise base.PoolTimeout(
                 f"PoolTimeout: couldn't get a connection after {self.config.timeout} sec"

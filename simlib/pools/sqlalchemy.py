@@ -94,7 +94,7 @@ class QueuePoolModel(base.PoolModel[QueuePoolConfig]):
         self.idle_capacity = INF if config.pool_size == 0 else config.pool_size
         self.idle: deque[Connection] = deque()
         self.total = 0  # connections that exist or are being opened
-        self.waiters = base.NotifyQueue(self.env)
+        self.waiters = base.NotifyQueue(self.interpreter)
         self.take = self.idle.pop if config.use_lifo else self.idle.popleft
         self.recycle = config.pool_recycle
         self.timeout_message = (

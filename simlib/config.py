@@ -320,6 +320,11 @@ class Client(Section):
     result, and the pool's return path.  The connection is busy (and no one
     else can use it) all that time, so it raises the pool's utilisation.
 
+    ``after``: Python the request's thread runs after its answer has gone:
+    the load generator's or the framework's bookkeeping, logging, metrics.
+    It is not in the request's latency, but it holds the interpreter, so it
+    slows every other request of the process.
+
     ``ping``, ``reset``, ``connect``: Python each of these costs beyond its
     round trips and the server's work, charged only where it happens: a
     pre-ping at checkout, a reset on return, a connection opened (the
@@ -340,6 +345,7 @@ class Client(Section):
     RULES: ClassVar[Mapping[str, Rule]] = {
         "dispatch": parse_distribution,
         "hold": parse_distribution,
+        "after": number(">=", 0),
         "ping": number(">=", 0),
         "reset": number(">=", 0),
         "connect": number(">=", 0),
@@ -350,6 +356,7 @@ class Client(Section):
 
     dispatch: Distribution = Constant(0.0)
     hold: Distribution = Constant(0.0)
+    after: float = 0.0
     ping: float = 0.0
     reset: float = 0.0
     connect: float = 0.0

@@ -30,8 +30,9 @@ counts they are NaN:
 How fair the pool's hand-off was, ``overtaken_ratio`` (the contract's
 definition): of the window's requests that waited for a connection, the
 share that some request which *asked later* (by more than ``OVERTAKE_EPS``)
-beat to a connection, by more than ``OVERTAKE_EPS``.  A waiter that timed out counts as overtaken when a
-later asker got a connection before it gave up.  A FIFO hand-off gives 0.
+beat to a connection, by more than ``OVERTAKE_EPS``.  A waiter that timed
+out counts as overtaken when a later asker got a connection before it gave
+up.  A FIFO hand-off gives 0.
 Each request contributes ``(asked, at, waited, got)`` to ``handoffs``: when it
 asked the pool, when it got a connection or gave up, whether it waited, and
 whether it got one.

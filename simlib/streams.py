@@ -40,6 +40,8 @@ STREAM_NAMES: tuple[str, ...] = (
     "dispatch",
     "hold",
     "clients",
+    "leaks",
+    "leak_time",
 )
 
 _BATCH = 4096

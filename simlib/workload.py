@@ -76,6 +76,7 @@ class Workload:
         # scenario without them schedules no extra events.
         client = scenario.client
         self._dispatch = _sampler(streams, "dispatch", client.dispatch)
+        self.after = client.after  # CPU after the answer (bookkeeping), seconds
         service = streams.distribution("service", scenario.query.service_time)
         leaks = None
         if client.leak_fraction > 0:
@@ -112,6 +113,7 @@ class Workload:
         interp = self.interpreter
         yield from interp.take()
         yield from self.serve()
+        yield from interp.compute(self.after)
         interp.drop()
 
     def _client(
@@ -126,6 +128,7 @@ class Workload:
         while True:
             started = env.now
             ok = yield from self.serve(client)
+            yield from interp.compute(self.after)
             # Without think time the client goes straight on to its next
             # request *still holding* the interpreter: that is how a thread
             # that just returned a connection takes it again before the

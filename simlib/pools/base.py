@@ -151,8 +151,10 @@ class _Waiters:
         self._queue.append(waiter)
         self.live += 1
         if timeout != float("inf"):
-            timer = self.env.timeout(timeout)
-            timer.callbacks.append(lambda _t: self._end(waiter, self.EXPIRED))
+            def expire(_timer: simpy.Event) -> None:
+                self._end(waiter, self.EXPIRED)
+
+            self.env.timeout(timeout).callbacks.append(expire)
         return waiter.event
 
     def _end(self, waiter: _Waiter, value: Any) -> bool:

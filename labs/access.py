@@ -426,7 +426,7 @@ class KeyedDriver:
     def closing(self) -> Steps[None]:
         for driver in [*self.drivers[1:], self.primary]:
             try:
-                yield driver.close, ()
+                yield from driver.closing()  # its leaked connections first, then its pool
             except Exception:  # noqa: BLE001 - a replica stopped mid-run
                 pass
         if self.cache is not None:

@@ -27,15 +27,17 @@ from __future__ import annotations
 import ipaddress
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg2
 import psycopg2.errors
 import redis
+import sqlalchemy
 from psycopg2.extensions import parse_dsn
 
+from labs.drivers.sqlalchemy import sqlalchemy_url
 from labs.executor import run_live
 from labs.query import one
 from labs.records import OK, Record
@@ -53,6 +55,14 @@ class Calibration:
     rtt: float
     query_overhead: float
     first_query_extra: float = 0.0  # median; already inside connect_times
+    #: the client's CPU per pool operation (None: not measured)
+    operations: OperationCosts | None = None
+
+    @property
+    def server_connect_times(self) -> list[float]:
+        """Connect samples without the client's own CPU, which simlib charges apart."""
+        cpu = 0.0 if self.operations is None else self.operations.connect
+        return [max(1e-5, c - cpu) for c in self.connect_times]
 
     @property
     def connect_time_median(self) -> float:
@@ -66,6 +76,7 @@ class Calibration:
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["connect_times"] = list(self.connect_times)
+        d["operations"] = None if self.operations is None else self.operations.to_dict()
         d["connect_time_median"] = self.connect_time_median
         d["samples"] = len(self.connect_times)
         return d
@@ -108,7 +119,8 @@ def calibrate(dsn: str, samples: int = 50, *, deadline: float = 15.0) -> Calibra
     rtt = statistics.median(rtts)
     overhead = max(0.0, statistics.median(sleeps) - SLEEP - rtt)
     return Calibration(connect_times=connect_times, rtt=rtt, query_overhead=overhead,
-                       first_query_extra=statistics.median(first_query))
+                       first_query_extra=statistics.median(first_query),
+                       operations=calibrate_operations(dsn, max(100, samples * 4)))
 
 
 def _connects(dsn: str, samples: int, phase_end: float) -> tuple[list[float], list[float]]:
@@ -166,6 +178,9 @@ CLIENT_UTILISATION = 0.3
 CLIENT_RATE_MAX = 200.0
 #: Measured seconds of the calibration run (after a 0.5 s warm-up).
 CLIENT_SECONDS = 2.0
+#: A closed scenario thinking at least this long between requests is
+#: calibrated with several clients (else with one, which never waits).
+CLOSED_THINK_MIN = 0.01
 
 
 @dataclass(frozen=True)
@@ -179,20 +194,37 @@ class ClientCalibration:
     ``hold``: connection in hand until it is back in the pool, minus the
     drawn service time and the round trips simlib already charges (the query
     and, where the library resets a returned connection, the reset).
+
+    ``cpu_per_request``: the client process's CPU seconds (all its threads:
+    the load generator, the pool, the driver, the probes) over the run,
+    divided by the requests it served.  Unlike a wall-clock time this does
+    not grow with load, so it is what simlib runs on the process's
+    interpreter.  ``after`` is the part of it that neither ``dispatch`` nor
+    ``hold`` holds: CPU the process spends outside a request's path (the
+    load generator's bookkeeping, the probes), charged to each request after
+    its answer (``[client] after``).
     """
 
     pool_kind: str
     rate: float
     dispatch: list[float]
     hold: list[float]
+    cpu_per_request: float = 0.0
+    workload: str = "open"  # the calibration run's shape: the scenario's own
+
+    @property
+    def after(self) -> float:
+        return max(0.0, self.cpu_per_request - statistics.fmean(self.dispatch)
+                   - statistics.fmean(self.hold))
 
     def to_dict(self) -> dict[str, object]:
         def summary(xs: list[float]) -> dict[str, float | int]:
             return {"mean": statistics.fmean(xs), "median": statistics.median(xs),
                     "samples": len(xs)}
 
-        return {"pool_kind": self.pool_kind, "rate": self.rate,
-                "dispatch": summary(self.dispatch), "hold": summary(self.hold)}
+        return {"pool_kind": self.pool_kind, "rate": self.rate, "workload": self.workload,
+                "dispatch": summary(self.dispatch), "hold": summary(self.hold),
+                "cpu_per_request": self.cpu_per_request, "after": self.after}
 
 
 def client_rate(scenario: Scenario) -> float:
@@ -206,7 +238,8 @@ def client_rate(scenario: Scenario) -> float:
 
 
 def calibrate_client(scenario: Scenario, topology: Topology, network_rtt: float, *,
-                     first_query_extra: float = 0.0) -> ClientCalibration:
+                     first_query_extra: float = 0.0,
+                     operations: OperationCosts | None = None) -> ClientCalibration:
     """Measure the client's costs with ``scenario``'s pool library at light load.
 
     Runs the scenario's own pool (same library and settings, same query kind)
@@ -223,45 +256,68 @@ def calibrate_client(scenario: Scenario, topology: Topology, network_rtt: float,
     # The pool library's own costs, with the plain statement on the primary:
     # the keyed path's cache and replicas are left out here (their Redis
     # calls are charged as the cache's hit_time instead).
-    data = {k: v for k, v in scenario.to_dict().items() if k not in ("cache", "replicas")}
+    data = {k: v for k, v in scenario.to_dict().items()
+            if k not in ("cache", "replicas", "client")}
     workload = data.get("workload", {})
     data["workload"] = {**(workload if isinstance(workload, dict) else {}), "write_fraction": 0.0}
+    shape: dict[str, object] = {"workload.kind": "open", "workload.rate": rate}
+    if scenario.workload.kind == "closed":
+        # The scenario's own loop: the load generator's per-request CPU
+        # differs between its open and closed loops.  One client without
+        # think time (it never waits for the pool or for another's Python);
+        # with think time, as many as keep 30% of the pool busy.
+        clients = 1
+        if scenario.workload.think_time >= CLOSED_THINK_MIN:
+            limit = scenario.pool.connection_limit() or 64
+            clients = max(1, min(scenario.workload.clients, int(CLIENT_UTILISATION * limit)))
+        shape = {"workload.kind": "closed", "workload.clients": clients}
     light = parse_scenario(data, default_name=scenario.name).with_values({
-        "workload.kind": "open",
-        "workload.rate": rate,
+        **shape,
         "workload.duration": CLIENT_SECONDS,
         "workload.warmup": 0.5,
     })
     result = run_live(light, Topology(topology.primary), drain_limit=10.0)
+    served = sum(1 for r in result.records if r.outcome is not None)
+    cpu_s = result.details.get("cpu", {}).get("client_cpu_s")
     start, end = light.workload.warmup, light.workload.warmup + light.workload.duration
     dispatch, hold = client_samples(result.records, start, end,
-                                    charged_round_trips(scenario.pool, network_rtt),
-                                    checkout=charged_checkout(scenario.pool, network_rtt),
+                                    charged_round_trips(scenario.pool, network_rtt, operations),
+                                    checkout=charged_checkout(scenario.pool, network_rtt,
+                                                              operations),
                                     first_query=first_query_extra)
     if not dispatch:
         raise RuntimeError("calibrate_client: no request of the calibration run succeeded")
-    return ClientCalibration(scenario.pool.kind, rate, dispatch, hold)
+    cpu = cpu_s / served if isinstance(cpu_s, int | float) and served else 0.0
+    return ClientCalibration(scenario.pool.kind, rate, dispatch, hold, cpu,
+                             light.workload.kind)
 
 
-def charged_round_trips(pool: PoolConfig, network_rtt: float) -> float:
-    """Seconds of round trips simlib charges a request while it holds a connection.
+def charged_round_trips(pool: PoolConfig, network_rtt: float,
+                        operations: OperationCosts | None = None) -> float:
+    """Seconds simlib charges a request while it holds a connection, beyond ``hold``.
 
     The query's round trip, plus the reset of a returned connection where the
-    library does one: the pool kind's own :meth:`~simlib.pools.PoolConfig.round_trips`,
-    the same figure simlib.pools charges.
+    library does one (the pool kind's own :meth:`~simlib.pools.PoolConfig.round_trips`,
+    the same figure simlib.pools charges) with its Python (``[client] reset``).
     """
-    return network_rtt * (1 + pool.round_trips().release)
+    resets = pool.round_trips().release
+    cpu = 0.0 if operations is None else operations.reset
+    return network_rtt * (1 + resets) + cpu * resets
 
 
-def charged_checkout(pool: PoolConfig, network_rtt: float) -> float:
+def charged_checkout(pool: PoolConfig, network_rtt: float,
+                     operations: OperationCosts | None = None) -> float:
     """Seconds simlib charges at the checkout of a connection it did not just open.
 
     SQLAlchemy's ``pool_pre_ping`` sends one round trip before handing out a
     pooled connection (not a freshly opened one); simlib.pools.sqlalchemy
-    charges it ``network_rtt``.  The live run's dispatch time contains the
-    real ping, so the client calibration takes this charge off it.
+    charges it ``network_rtt`` plus its Python (``[client] ping``).  The live
+    run's dispatch time contains the real ping, so the client calibration
+    takes this charge off it.
     """
-    return network_rtt * pool.round_trips().checkout
+    pings = pool.round_trips().checkout
+    cpu = 0.0 if operations is None else operations.ping
+    return (network_rtt + cpu) * pings
 
 
 def client_samples(records: Sequence[Record], start: float, end: float, charged: float,
@@ -375,3 +431,108 @@ def calibrate_lag(primary: str, replica: str, samples: int = 5,
         p.close()
         r.close()
     return lags
+
+
+# ---------------------------------------------------------------------------
+# What each pool operation costs the client, measured one at a time
+# ---------------------------------------------------------------------------
+
+#: Repetitions of each operation in :func:`calibrate_operations`.
+OPERATION_SAMPLES = 400
+
+
+@dataclass(frozen=True)
+class OperationCosts:
+    """The client's CPU seconds for a pre-ping, a reset on return and a connect.
+
+    Each is measured on its own, as the difference between two otherwise
+    identical loops on one connection (``time.thread_time``: this thread's
+    CPU, so the wait for the server is not in it), and the wall clock of the
+    same difference is kept beside it:
+
+    * ``ping``: a SQLAlchemy checkout with ``pool_pre_ping`` minus one
+      without: the pool's ping code and psycopg2's ``SELECT 1`` (the wall
+      difference also has the round trip);
+    * ``reset``: a return with ``reset_on_return="rollback"`` minus one with
+      none: the ``ROLLBACK``'s Python (its wall, the round trip too);
+    * ``connect``: ``psycopg2.connect`` and ``close``: libpq's startup,
+      SCRAM's key derivation (4096 rounds of HMAC-SHA-256, on the client),
+      the new backend's first query.  The server's share of a connect is the
+      rest of its wall time, which the calibrated ``connect_time`` keeps.
+    """
+
+    ping: float
+    reset: float
+    connect: float
+    ping_wall: float
+    reset_wall: float
+    connect_wall: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _per_call(fn: Any, samples: int) -> tuple[float, float]:
+    """Median CPU and wall seconds of one ``fn()`` call, in batches of ten."""
+    cpu: list[float] = []
+    wall: list[float] = []
+    for _ in range(max(1, samples // 10)):
+        c0, w0 = time.thread_time(), time.perf_counter()
+        for _ in range(10):
+            fn()
+        cpu.append((time.thread_time() - c0) / 10)
+        wall.append((time.perf_counter() - w0) / 10)
+    return statistics.median(cpu), statistics.median(wall)
+
+
+def calibrate_operations(dsn: str, samples: int = OPERATION_SAMPLES) -> OperationCosts:
+    """Measure :class:`OperationCosts` on the loopback server at ``dsn``."""
+    if not _is_loopback(dsn):
+        raise ValueError(f"calibrate: only loopback servers are calibrated, got {dsn!r}")
+    url = sqlalchemy_url(dsn)
+
+    def engine(**kw: Any) -> Any:
+        e = sqlalchemy.create_engine(url, pool_size=1, max_overflow=0, **kw)
+        e.raw_connection().close()  # open its one connection outside the timing
+        return e
+
+    def checkout(e: Any) -> Callable[[], None]:
+        return lambda: e.raw_connection().close()
+
+    plain, pinged = engine(), engine(pool_pre_ping=True)
+    unreset = engine(pool_reset_on_return=None)
+    try:
+        base_cpu, base_wall = _per_call(checkout(unreset), samples)
+        plain_cpu, plain_wall = _per_call(checkout(plain), samples)
+        ping_cpu, ping_wall = _per_call(checkout(pinged), samples)
+    finally:
+        for e in (plain, pinged, unreset):
+            e.dispose()
+
+    def connect() -> None:
+        conn = psycopg2.connect(dsn, connect_timeout=CONNECT_TIMEOUT)
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            cur.fetchone()
+        conn.close()
+
+    connect_cpu, connect_wall = _per_call(connect, max(10, samples // 10))
+    # The loop's own SELECT 1 is not part of a connect: take one off.
+    conn = psycopg2.connect(dsn, connect_timeout=CONNECT_TIMEOUT)
+    try:
+        with conn.cursor() as cur:
+            def select() -> None:
+                cur.execute("SELECT 1")
+                cur.fetchone()
+
+            select_cpu, select_wall = _per_call(select, samples)
+    finally:
+        conn.close()
+    return OperationCosts(
+        ping=max(0.0, ping_cpu - plain_cpu),
+        reset=max(0.0, plain_cpu - base_cpu),
+        connect=max(0.0, connect_cpu - select_cpu),
+        ping_wall=max(0.0, ping_wall - plain_wall),
+        reset_wall=max(0.0, plain_wall - base_wall),
+        connect_wall=max(0.0, connect_wall - select_wall),
+    )

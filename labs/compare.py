@@ -161,9 +161,14 @@ def _applied(scenario: Scenario, cal: Calibration, client: ClientCalibration | N
         return {"dist": "empirical", "samples": list(xs)} if as_values else f"empirical({label})"
 
     values: dict[str, object] = {
-        "database.connect_time": samples(cal.connect_times, "connect_times"),
+        "database.connect_time": samples(cal.server_connect_times,
+                                         "connect_times minus the client's connect CPU"),
         "database.network_rtt": cal.network_rtt,
     }
+    ops = cal.operations
+    if ops is not None:
+        values.update({"client.ping": ops.ping, "client.reset": ops.reset,
+                       "client.connect": ops.connect})
     if not as_values:
         values["note"] = ("query_overhead is folded into network_rtt (paid once per query; "
                           "pre-ping and reset round trips carry it too)")
@@ -179,6 +184,10 @@ def _applied(scenario: Scenario, cal: Calibration, client: ClientCalibration | N
     if client is not None:
         values["client.dispatch"] = samples(client.dispatch, "client dispatch samples")
         values["client.hold"] = samples(client.hold, "client hold samples")
+        values["client.after"] = client.after
+    # labs calibrates loopback servers only: the application's Python and
+    # Postgres share this machine's cores.
+    values["host.shared_cores"] = True
     return values
 
 
@@ -216,10 +225,11 @@ class Comparison:
         live, scenario = self.live, self.predicted
         w = scenario.workload
         rtt = self.calibration.network_rtt
+        ops = self.calibration.operations
         dispatch, hold = client_samples(live.records, w.warmup, w.warmup + w.duration,
-                                        charged_round_trips(scenario.pool, rtt),
+                                        charged_round_trips(scenario.pool, rtt, ops),
                                         cached=scenario.cache is not None,
-                                        checkout=charged_checkout(scenario.pool, rtt))
+                                        checkout=charged_checkout(scenario.pool, rtt, ops))
         summary = {"connect_ms": _mean_ms(live.connect_durations),
                    "dispatch_ms": _mean_ms(dispatch), "hold_ms": _mean_ms(hold)}
         values: dict[str, object] = {}
@@ -298,7 +308,8 @@ def run_comparison(
     client = None
     if client_costs:
         client = calibrate_client(scenario, topology, cal.network_rtt,
-                                  first_query_extra=cal.first_query_extra)
+                                  first_query_extra=cal.first_query_extra,
+                                  operations=cal.operations)
     keyed = calibrate_keyed(scenario, topology)
     predicted = predicted_scenario(scenario, cal, client, keyed)
     if replications is not None:

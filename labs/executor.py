@@ -41,6 +41,7 @@ from labs.live_metrics import (
     LIVE_METRICS,
     Window,
     keyed_faults,
+    leak_facts,
     metrics,
     request_facts,
 )
@@ -52,7 +53,7 @@ from labs.probes import (
     ReplicaMonitors,
     ReplicationMonitor,
     cancel_backends,
-    database_sessions,
+    session_counts,
 )
 from labs.query import QuerySpec, calibrate_cpu
 from labs.records import Record, RunContext
@@ -128,7 +129,8 @@ class DriveResult:
     facts: LoadFacts
     cpu: dict[str, float | int | None]
     run_end: float
-    sessions: tuple[int | None, int | None]
+    #: pg_stat_database's session counts before and after the run (labs.probes.session_counts)
+    sessions: tuple[dict[str, int | None], dict[str, int | None]]
 
 
 def _query(scenario: Scenario, admin: str, details: dict[str, Any]) -> QuerySpec:
@@ -169,6 +171,20 @@ def _topology_for(scenario: Scenario, topology: Topology) -> Topology:
     return topology.with_replicas(count)
 
 
+def session_settings(scenario: Scenario) -> dict[str, str]:
+    """Server settings for the run's sessions, from the scenario (libpq ``-c``, asyncpg's
+    ``server_settings``): applied per connection, so they hold on any server.
+
+    ``[database] idle_in_transaction_session_timeout`` is in seconds and
+    Postgres's setting in milliseconds (at least 1 ms: 0 would switch it
+    off); 0 = off, the server's own setting, and nothing is sent.
+    """
+    timeout = scenario.database.idle_in_transaction_session_timeout
+    if timeout <= 0:
+        return {}
+    return {"idle_in_transaction_session_timeout": str(max(1, round(timeout * 1000.0)))}
+
+
 def plan_run(scenario: Scenario, topology: Topology, drain_limit: float | None = None) -> Plan:
     """Phase 1: everything a run needs before its first request (see the module doc)."""
     w = scenario.workload
@@ -193,7 +209,10 @@ def plan_run(scenario: Scenario, topology: Topology, drain_limit: float | None =
     admin = topology.primary.admin_dsn
     query = _query(scenario, admin, details)
     details["query"] = query.sql("pyformat")
-    ctx = RunContext(dsn=topology.primary.dsn, application_name=app, query=query)
+    ctx = RunContext(dsn=topology.primary.dsn, application_name=app, query=query,
+                     session_settings=session_settings(scenario))
+    if ctx.session_settings:
+        details["session_settings"] = dict(ctx.session_settings)
     driver = _driver(scenario, topology, ctx)
     if scenario.keyed:
         details["keyed"] = {"keys": w.keys, "write_fraction": w.write_fraction}
@@ -210,7 +229,7 @@ def plan_run(scenario: Scenario, topology: Topology, drain_limit: float | None =
 def drive_run(plan: Plan, progress: bool = False) -> DriveResult:
     """Phase 2: open the pool, run the load with the probes watching, close the pool."""
     ctx, admin, app = plan.ctx, plan.admin, plan.ctx.application_name
-    before = database_sessions(admin)
+    before = session_counts(admin)
 
     def start_probes() -> None:
         for probe in plan.probes:
@@ -234,7 +253,7 @@ def drive_run(plan: Plan, progress: bool = False) -> DriveResult:
         for probe in plan.probes:
             probe.stop()
     time.sleep(0.3)  # let exiting backends flush their statistics
-    return DriveResult(records, facts, cpu_used, run_end, (before, database_sessions(admin)))
+    return DriveResult(records, facts, cpu_used, run_end, (before, session_counts(admin)))
 
 
 def measure_run(plan: Plan, run: DriveResult) -> LiveResult:
@@ -243,10 +262,12 @@ def measure_run(plan: Plan, run: DriveResult) -> LiveResult:
     ctx = plan.ctx
     window = Window(start, end, end + plan.drain_limit, run.run_end)
     mean = plan.monitor.time_average(start, end)
+    idle_tx = plan.monitor.idle_in_transaction_mean(start, end)
     for probe in plan.probes:
         if isinstance(probe, ReplicaMonitors):  # connections_mean counts every database's
             mean += probe.time_average(start, end)
-    values = metrics(run.records, plan.scenario, window, ctx.connects, mean)
+            idle_tx += probe.idle_in_transaction_mean(start, end)
+    values = metrics(run.records, plan.scenario, window, ctx.connects, mean, idle_tx)
     facts, server = request_facts(run.records, window, ctx.connects, ctx.connect_durations)
     details = dict(plan.details)
     details.update(dataclasses.asdict(run.facts))
@@ -256,7 +277,14 @@ def measure_run(plan: Plan, run: DriveResult) -> LiveResult:
         details["cache_capacity"] = dataclasses.asdict(capacity)
     details.update(cpu=run.cpu, driver=plan.driver.details(), run_seconds=run.run_end)
     details.update(facts)
-    before, after = run.sessions
+    details["session_states"] = plan.monitor.states(start, end)
+    if plan.scenario.client.leak_fraction > 0:
+        details["leaks"] = leak_facts(run.records, window)
+        closers = [d.closer for d in _drivers(plan.driver)]
+        details["leaks"]["held_at_once_max"] = max(
+            (c.held_max for c in closers if c is not None), default=0)
+    counts_before, counts_after = run.sessions
+    before, after = counts_before["sessions"], counts_after["sessions"]
     report: dict[str, Any] = plan.monitor.summary(start, end)
     if before is not None and after is not None:
         # minus the two short-lived helper sessions of the run itself: the
@@ -264,6 +292,11 @@ def measure_run(plan: Plan, run: DriveResult) -> LiveResult:
         report["backends_started"] = max(0, after - before - 2)
     else:
         report["backends_started"] = None
+    fatal_before, fatal_after = counts_before["sessions_fatal"], counts_after["sessions_fatal"]
+    # sessions of the database ended by a FATAL error during the run (an
+    # idle-in-transaction timeout is one): the server's own count, a cross-check
+    report["sessions_fatal"] = (None if fatal_before is None or fatal_after is None
+                                else fatal_after - fatal_before)
     report.update(server)
     if plan.scenario.keyed:
         report.update(keyed_faults(run.records, window))
@@ -271,6 +304,11 @@ def measure_run(plan: Plan, run: DriveResult) -> LiveResult:
         report.update(probe.summary(start, end))
     return LiveResult(plan.scenario, values, report, details, run.records,
                       list(ctx.connect_durations))
+
+
+def _drivers(driver: Driven) -> list[Any]:
+    """The library drivers behind ``driver`` (the keyed path holds one per database)."""
+    return list(getattr(driver, "drivers", [driver]))
 
 
 def run_live(

@@ -25,6 +25,20 @@ time, so client-side delays count, as they would for a user):
 ``in_flight_mean``          time average of requests between scheduled arrival
                             and finish (Little's L)
 ``incomplete_rate``         window requests unfinished at the drain limit
+``checkout_p99_ms``         as checkout_*: scheduled arrival -> connection in hand
+``overtaken_ratio``         simlib's ``overtaken_counts`` over the finished
+                            window requests that asked a pool: ``(asked, got or
+                            gave up, waited, got)``; ``asked`` is when the
+                            request path called the pool's checkout
+``leaked_rate``             window requests that answered and left their
+                            connection to the closer ([client] leak_fraction)
+``idle_in_transaction_mean`` time average of our backends ``idle in
+                            transaction`` in pg_stat_activity (the monitor's
+                            50 ms samples over the window)
+``sessions_terminated_per_s`` leaked sessions the server had ended when the
+                            closer gave them back, counted at ``query_done +
+                            idle_in_transaction_session_timeout`` (when
+                            Postgres ended them) if that falls in the window
 ==========================  ====================================================
 
 Extra live-only metrics: ``achieved_rate_rps`` (window requests the load
@@ -49,10 +63,11 @@ import numpy as np
 
 from labs.drivers.base import TOO_MANY_CONNECTIONS
 from labs.records import ERROR, OK, TIMEOUT, Record
-from simlib.metrics import METRICS, WindowCounts, window_metrics
+from simlib.metrics import METRICS, Handoff, WindowCounts, overtaken_counts, window_metrics
 from simlib.scenario import Scenario
 
-__all__ = ["LIVE_METRICS", "Window", "keyed_counts", "metrics", "overtaken", "request_facts"]
+__all__ = ["LIVE_METRICS", "Window", "handoffs", "keyed_counts", "leak_facts", "metrics",
+           "overtaken", "request_facts", "terminated_at"]
 
 #: Metrics only a live run has, reported after simlib's.
 LIVE_METRICS: tuple[str, ...] = (
@@ -60,9 +75,6 @@ LIVE_METRICS: tuple[str, ...] = (
     "scheduler_lag_mean_ms",
     "scheduler_lag_p99_ms",
 )
-
-#: Two times closer than this are "the same moment" when judging overtaking.
-OVERTAKE_EPS = 0.0002
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +103,7 @@ def metrics(
     window: Window,
     connects: Sequence[float],
     connections_mean: float,
+    idle_in_transaction_mean: float = 0.0,
 ) -> dict[str, float]:
     """Every simlib metric and the live-only ones, from the run's records."""
     duration = window.duration
@@ -118,10 +131,15 @@ def metrics(
         checkout=[r.got - r.scheduled for r in finished if r.got is not None],
         query=[r.query_done - r.got for r in ok  # type: ignore[operator]
                if r.query_done is not None],
+        handoffs=handoffs(finished),
+        leaked=sum(1 for r in inside if r.leaked),
+        terminated=_terminated(records, window,
+                               scenario.database.idle_in_transaction_session_timeout),
         **(keyed_counts(scenario, finished) if scenario.keyed else {}),
     )
     values = window_metrics(counts, duration=duration, connections_mean=connections_mean,
-                            busy_mean=busy / duration, in_flight_mean=in_flight / duration)
+                            busy_mean=busy / duration, in_flight_mean=in_flight / duration,
+                            idle_in_transaction_mean=idle_in_transaction_mean)
     values.update(
         achieved_rate_rps=sum(1 for started, _ in starts if started < window.end) / duration,
         scheduler_lag_mean_ms=float(lag.mean()) if lag.size else nan,
@@ -131,29 +149,84 @@ def metrics(
     return values
 
 
-def overtaken(records: Sequence[Record], start: float, end: float) -> dict[str, float | int]:
-    """How FIFO the pool's waiting really was: waiting requests overtaken by later ones.
+def handoffs(records: Sequence[Record]) -> list[Handoff]:
+    """simlib's hand-off facts of the requests that asked a pool for a connection.
 
-    A window request that waited is *overtaken* when some request that
-    started later got a connection more than ``OVERTAKE_EPS`` earlier.  In a
-    FIFO pool (simlib's model, psycopg_pool, asyncpg) that cannot happen.
-    SQLAlchemy's QueuePool hands a returned connection to its queue and
-    notifies one waiter, but a thread that calls ``get()`` before the woken
-    waiter has re-taken the lock (and the GIL) takes it first: the waiter
-    goes back to waiting.
+    ``(asked, at, waited, got)``: when it asked, when it got a connection or
+    gave up (the checkout raising; else when it finished), whether the pool
+    made it wait, whether it got one.  A record without ``asked`` that got a
+    connection (made before ``asked`` was recorded) stands in with ``started``.
     """
-    rs = sorted((r for r in records if start <= r.scheduled < end and r.got is not None),
-                key=lambda r: r.started)  # type: ignore[arg-type, return-value]
-    waited = count = 0
-    earliest_later = math.inf  # earliest connection time among later-started requests
-    for r in reversed(rs):
-        got: float = r.got  # type: ignore[assignment]  # filtered above
-        if r.waited:
-            waited += 1
-            count += earliest_later < got - OVERTAKE_EPS
-        earliest_later = min(earliest_later, got)
+    out: list[Handoff] = []
+    for r in records:
+        asked = r.asked if r.asked is not None else (r.started if r.got is not None else None)
+        if asked is None:
+            continue  # never asked a pool (a cache hit)
+        if r.got is not None:
+            out.append((asked, r.got, r.waited, True))
+            continue
+        at = r.gave_up if r.gave_up is not None else r.finished
+        if at is not None:
+            out.append((asked, at, r.waited, False))
+    return out
+
+
+def overtaken(records: Sequence[Record], start: float, end: float) -> dict[str, float | int]:
+    """How FIFO the pool's waiting really was: waiting requests overtaken by later askers.
+
+    The counts of ``overtaken_ratio`` (simlib.metrics.overtaken_counts, the one
+    definition) over the window's finished requests.  A waiting request is
+    *overtaken* when some request that asked later got a connection more
+    than ``OVERTAKE_EPS`` before it got one (or gave up).  In a FIFO pool
+    (psycopg_pool) that cannot happen.  SQLAlchemy's QueuePool hands a
+    returned connection to its queue and notifies one waiter, but a thread
+    that calls ``get()`` before the woken waiter has re-taken the lock (and
+    the GIL) takes it first: the waiter goes back to waiting.
+    """
+    inside = [r for r in records if start <= r.scheduled < end
+              and r.outcome is not None and r.finished is not None]
+    waited, count = overtaken_counts(handoffs(inside))
     return {"waited": waited, "overtaken": count,
             "share": count / waited if waited else 0.0}
+
+
+def terminated_at(rec: Record, timeout: float) -> float | None:
+    """When the server ended ``rec``'s leaked session (None: it did not).
+
+    Postgres ends a session ``idle_in_transaction_session_timeout`` after it
+    went idle in its transaction, i.e. after the request's statement; the
+    closer only finds out later, when it gives the connection back.
+    """
+    if not rec.terminated:
+        return None
+    if timeout > 0 and rec.query_done is not None:
+        end = rec.query_done + timeout
+        return end if rec.released is None else min(end, rec.released)
+    return rec.released
+
+
+def _terminated(records: Sequence[Record], window: Window, timeout: float) -> int:
+    times = (terminated_at(r, timeout) for r in records if r.terminated)
+    return sum(1 for t in times if t is not None and window.start <= t < window.end)
+
+
+def leak_facts(records: Sequence[Record], window: Window) -> dict[str, Any]:
+    """The leaks of a run, for its details: how many, how long held, what their release met."""
+    leaked = [r for r in records if r.leaked]
+    inside = [r for r in leaked if window.holds(r)]
+    held = np.array([r.released - r.query_done for r in leaked
+                     if r.released is not None and r.query_done is not None]) * 1000.0
+    errors = collections.Counter(r.leak_error for r in leaked if r.leak_error)
+    return {
+        "leaked_total": len(leaked),
+        "leaked_window": len(inside),
+        "terminated_total": sum(1 for r in leaked if r.terminated),
+        "terminated_window_requests": sum(1 for r in inside if r.terminated),
+        "unreleased": sum(1 for r in leaked if r.released is None),
+        "held_ms_mean": float(held.mean()) if held.size else None,
+        "held_ms_max": float(held.max()) if held.size else None,
+        "release_errors_top": [{"error": e, "count": c} for e, c in errors.most_common(3)],
+    }
 
 
 def request_facts(

@@ -22,7 +22,14 @@ request that arrived in the window has finished or ``drain_limit`` seconds
 have passed since the window's end.  Then the run stops: queued requests skip
 their query, and the executor cancels what still runs on the server.
 
-Service times come from simlib's "service" stream in arrival order.
+Service times come from simlib's "service" stream in arrival order.  With
+``[client] leak_fraction``, whether each request leaks and for how long are
+drawn in arrival order too (:class:`LeakDraws`), by simlib's rule
+(``Leaks.draw``): a uniform on the "leaks" stream against the fraction, and
+a ``leak_time`` on its own stream for each request that leaks.  simlib draws
+when a request's query is done, and only for requests that got that far;
+live every request draws when it is scheduled (one that then fails does not
+leak), so the two runs leak the same share but not always the same requests.
 
 **Threads or an event loop, one text.**  The schedule, the clients and the
 drain are written once, as steps (:mod:`labs.steps`); a :class:`ThreadRunner`
@@ -76,10 +83,11 @@ import numpy as np
 from labs.records import Record, RunContext
 from labs.steps import Steps, run, run_async
 from simlib.scenario import Scenario
-from simlib.streams import _BATCH, Streams, generator
+from simlib.streams import _BATCH, STREAM_NAMES, Sampler, Streams, generator
 from simlib.workload import FAILED_REQUEST_PAUSE
 
 __all__ = [
+    "LeakDraws",
     "LoadFacts",
     "LoopRunner",
     "ThreadRunner",
@@ -100,6 +108,41 @@ def arrival_times(seed: int, rate: float) -> Iterator[float]:
         for gap in rng.exponential(mean, _BATCH).tolist():
             t += gap
             yield t
+
+
+#: The leak streams, in the order they follow simlib's named streams when a
+#: simlib release does not name them yet (see :func:`leak_stream`).
+LEAK_STREAMS: tuple[str, ...] = ("leaks", "leak_time")
+
+
+def leak_stream(seed: int, name: str) -> np.random.Generator:
+    """Replication 0's generator for a leak stream: simlib's own when it names it.
+
+    simlib's ``Leaks`` draws from streams "leaks" and "leak_time"; where
+    ``simlib.streams.STREAM_NAMES`` does not list them, they get the next
+    indices after its names, in the order of :data:`LEAK_STREAMS` (what
+    appending them there would give).
+    """
+    if name in STREAM_NAMES:
+        return generator(seed, 0, name)
+    index = len(STREAM_NAMES) + LEAK_STREAMS.index(name)
+    return np.random.Generator(
+        np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(0, index)))
+    )
+
+
+class LeakDraws:
+    """Which requests leak and for how long, in arrival order (``[client]``'s leak fields)."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        client = scenario.client
+        self.fraction = client.leak_fraction
+        self.uniform = Sampler(leak_stream(scenario.seed, "leaks"), lambda rng, n: rng.random(n))
+        self.time = Sampler(leak_stream(scenario.seed, "leak_time"), client.leak_time.sample)
+
+    def __call__(self) -> float:
+        """Seconds the next request keeps its connection after answering (0: no leak)."""
+        return self.time() if self.uniform() < self.fraction else 0.0
 
 
 def thread_count(limit: int | None, kind: str, clients: int) -> int:
@@ -288,6 +331,7 @@ class Load:
         self.share = share
         streams = Streams(scenario.seed, 0)
         self.service = streams.distribution("service", scenario.query.service_time)
+        self.leaks = LeakDraws(scenario) if scenario.client.leak_fraction > 0 else None
         # The keyed path (labs/access.py) draws each request's key in arrival order.
         self.assign: Callable[[Record], None] | None = getattr(driver, "assign", None)
         self.limit_hit = False
@@ -297,12 +341,14 @@ class Load:
     def schedule(self) -> Iterator[Record]:
         """The open loop's requests in arrival order (only this process's share of them)."""
         mine, of = self.share if self.share is not None else (0, 1)
-        service, assign = self.service, self.assign
+        service, assign, leaks = self.service, self.assign, self.leaks
         for i, t in enumerate(arrival_times(self.scenario.seed, self.scenario.workload.rate)):
             drawn = service()  # every request's draw, to keep the stream in step
+            leak = leaks() if leaks is not None else 0.0
             if of > 1 and i % of != mine:
                 continue
             rec = Record(i, t, drawn)
+            rec.leak = leak
             if assign is not None:
                 assign(rec)
             yield rec
@@ -348,6 +394,8 @@ class Load:
             with self._lock:
                 rec = Record(next(self._counter), t, self.service())
                 rec.client = k
+                if self.leaks is not None:
+                    rec.leak = self.leaks()
                 if self.assign is not None:
                     self.assign(rec)
             shared.add(rec)

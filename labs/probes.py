@@ -10,8 +10,12 @@ is one class here):
 * :class:`Monitor` samples ``pg_stat_activity`` every ~50 ms (own
   application_name, so it never counts itself) and records, for the run's
   application_name: open backends, backends running a query (``state =
-  'active'``), and every backend pid seen.  Time averages come from these
-  samples as a step function; ``connections_mean`` is one.
+  'active'``), backends ``idle in transaction``, the count by every state,
+  and every backend pid seen.  Time averages come from these samples as a
+  step function; ``connections_mean`` and ``idle_in_transaction_mean`` are
+  two.  The states come with the rows the connection count reads anyway
+  (one query, the same 50 ms), so they cost nothing extra and are always
+  sampled, leaks or not.
 * :class:`ReplicaMonitors`: one :class:`Monitor` per streaming replica.
 * :class:`ReplicationMonitor`: replication lag as the primary reports it.
 * :class:`CacheMonitor`: keys held, evictions, expiries and memory in Redis.
@@ -21,8 +25,10 @@ Two one-off reads complete the server's view: ``sessions`` of
 (:func:`database_sessions`: backends started meanwhile; it counts every
 session on that database, ours and anyone else's, and is flushed by each
 backend at exit at the latest, so it is read after the run's connections are
-closed), and :func:`cancel_backends`, which cancels our queries still running
-when a run has to stop.
+closed; :func:`session_counts` adds ``sessions_fatal``, the sessions a FATAL
+error such as an idle-in-transaction timeout ended), and
+:func:`cancel_backends`, which cancels our queries still running when a run
+has to stop.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ import psycopg2
 import redis
 
 __all__ = [
+    "BACKENDS",
+    "IDLE_IN_TRANSACTION",
     "CacheMonitor",
     "Monitor",
     "Probe",
@@ -44,6 +52,8 @@ __all__ = [
     "ReplicationMonitor",
     "cancel_backends",
     "database_sessions",
+    "session_counts",
+    "step_average",
 ]
 
 SAMPLE_INTERVAL = 0.05
@@ -69,18 +79,31 @@ def _connect(dsn: str, app: str) -> Any:
 
 def database_sessions(dsn: str) -> int | None:
     """``pg_stat_database.sessions`` for the DSN's database (None before Postgres 14)."""
+    return session_counts(dsn)["sessions"]
+
+
+def session_counts(dsn: str) -> dict[str, int | None]:
+    """``pg_stat_database``'s ``sessions`` and ``sessions_fatal`` for the DSN's database.
+
+    ``sessions_fatal`` counts the sessions a FATAL error ended -- an
+    idle-in-transaction timeout is one -- on the whole database, ours and
+    anyone else's.  None before Postgres 14.
+    """
     conn = _connect(dsn, "labs-stats")
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT pg_stat_clear_snapshot()")
             try:
                 cur.execute(
-                    "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+                    "SELECT sessions, sessions_fatal FROM pg_stat_database "
+                    "WHERE datname = current_database()"
                 )
             except psycopg2.Error:
-                return None
+                return {"sessions": None, "sessions_fatal": None}
             row = cur.fetchone()
-            return int(row[0]) if row else None
+            if not row:
+                return {"sessions": None, "sessions_fatal": None}
+            return {"sessions": int(row[0]), "sessions_fatal": int(row[1])}
     finally:
         conn.close()
 
@@ -153,10 +176,37 @@ class _Sampler:
         return [s for s in self.samples if start <= s[0] < end]
 
 
-class Monitor(_Sampler):
-    """Samples our backends in pg_stat_activity: ``(t, backends, active)``."""
+def step_average(times: Sequence[float], values: Sequence[float], start: float,
+                 end: float) -> float:
+    """Time average over [start, end) of samples held as steps (NaN without any).
 
-    SQL = "SELECT pid, state = 'active' FROM pg_stat_activity WHERE application_name = %s"
+    Each sample holds until the next one (the last until ``end``); the first
+    also stands for the time before it.
+    """
+    if not times or end <= start:
+        return float("nan")
+    t = np.array(times, dtype=float)
+    v = np.array(values, dtype=float)
+    t[0] = min(t[0], start)
+    nxt = np.append(t[1:], max(end, t[-1]))
+    widths = np.clip(np.minimum(nxt, end) - np.maximum(t, start), 0.0, None)
+    covered = widths.sum()
+    return float((v * widths).sum() / covered) if covered > 0 else float("nan")
+
+
+#: The columns of a :class:`Monitor` sample after its time.
+BACKENDS, ACTIVE, IDLE_IN_TRANSACTION, STATES = 1, 2, 3, 4
+
+
+class Monitor(_Sampler):
+    """Samples our backends in pg_stat_activity.
+
+    A sample is ``(t, backends, active, idle in transaction, states)``,
+    ``states`` a tuple of ``(state, count)`` pairs (a backend still starting
+    has no state yet: ``"starting"``).
+    """
+
+    SQL = "SELECT pid, state FROM pg_stat_activity WHERE application_name = %s"
 
     def __init__(self, dsn: str, app: str, clock: Clock, interval: float = SAMPLE_INTERVAL) -> None:
         super().__init__(clock, interval)
@@ -172,30 +222,60 @@ class Monitor(_Sampler):
         except psycopg2.Error:
             pass
 
-    def sample(self) -> tuple[int, int]:
+    def sample(self) -> tuple[int, int, int, tuple[tuple[str, int], ...]]:
         self._cur.execute(self.SQL, (self.app,))
         rows = self._cur.fetchall()
         self.pids.update(pid for pid, _ in rows)
-        return len(rows), sum(1 for _, active in rows if active)
+        states: dict[str, int] = {}
+        for _, state in rows:
+            key = state or "starting"
+            states[key] = states.get(key, 0) + 1
+        return (len(rows), states.get("active", 0), states.get("idle in transaction", 0),
+                tuple(sorted(states.items())))
 
     def time_average(self, start: float, end: float, column: int = 1) -> float:
         """Time average of a sampled column over [start, end), samples held as steps."""
-        if not self.samples or end <= start:
-            return float("nan")
-        times = np.array([s[0] for s in self.samples])
-        values = np.array([s[column] for s in self.samples], dtype=float)
-        # Each sample holds until the next one (the last until ``end``); the
-        # first also stands for the time before it.
-        t = times.copy()
-        t[0] = min(t[0], start)
-        nxt = np.append(t[1:], max(end, t[-1]))
-        widths = np.clip(np.minimum(nxt, end) - np.maximum(t, start), 0.0, None)
-        covered = widths.sum()
-        return float((values * widths).sum() / covered) if covered > 0 else float("nan")
+        return step_average([s[0] for s in self.samples], [s[column] for s in self.samples],
+                            start, end)
 
     def peak(self, start: float = -np.inf, end: float = np.inf, column: int = 1) -> int:
         vals = [s[column] for s in self.samples if start <= s[0] < end]
         return int(max(vals)) if vals else 0
+
+    def idle_in_transaction_mean(self, start: float, end: float) -> float:
+        """Time average of our backends ``idle in transaction`` over [start, end); 0 unsampled."""
+        if not self.samples or len(self.samples[0]) <= IDLE_IN_TRANSACTION:
+            return 0.0
+        mean = self.time_average(start, end, column=IDLE_IN_TRANSACTION)
+        return 0.0 if np.isnan(mean) else mean
+
+    def states(self, start: float, end: float) -> dict[str, object]:
+        """Our backends by ``pg_stat_activity.state`` over [start, end): time averages, peaks.
+
+        Each state's count is held, like every column, from one sample to the
+        next; a state missing from a sample counts 0 there.
+        """
+        rows = [s for s in self.samples if len(s) > STATES]
+        if not rows:
+            return {"idle_in_transaction_mean": 0.0, "idle_in_transaction_peak": 0,
+                    "by_state_mean": {}, "by_state_peak": {}, "samples": 0}
+        names = sorted({name for s in rows for name, _ in s[STATES]})
+        times = [s[0] for s in rows]
+        by_state = [dict(s[STATES]) for s in rows]
+        by_mean: dict[str, float] = {}
+        by_peak: dict[str, int] = {}
+        for name in names:
+            counts = [states.get(name, 0) for states in by_state]
+            by_mean[name] = step_average(times, counts, start, end)
+            by_peak[name] = max((c for t, c in zip(times, counts) if start <= t < end),
+                                default=0)
+        return {
+            "idle_in_transaction_mean": self.idle_in_transaction_mean(start, end),
+            "idle_in_transaction_peak": self.peak(start, end, column=IDLE_IN_TRANSACTION),
+            "by_state_mean": by_mean,
+            "by_state_peak": by_peak,
+            "samples": sum(1 for t in times if start <= t < end),
+        }
 
     def summary(self, start: float, end: float) -> dict[str, object]:
         return {
@@ -226,6 +306,10 @@ class ReplicaMonitors:
     def time_average(self, start: float, end: float) -> float:
         """Our connections on all replicas together, time average over [start, end)."""
         return sum(m.time_average(start, end) for m in self.monitors)
+
+    def idle_in_transaction_mean(self, start: float, end: float) -> float:
+        """Our backends idle in a transaction on all replicas together, time average."""
+        return sum(m.idle_in_transaction_mean(start, end) for m in self.monitors)
 
     def summary(self, start: float, end: float) -> dict[str, object]:
         return {"replica_connections_mean": [m.time_average(start, end) for m in self.monitors]}

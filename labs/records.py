@@ -44,7 +44,9 @@ class Record:
     scheduled: float  # when the load generator meant to send it (latency starts here)
     service: float  # seconds of database time drawn for it
     started: float | None = None  # when a thread/task actually began it
+    asked: float | None = None  # when it (first) asked a pool for a connection
     got: float | None = None  # connection in hand
+    gave_up: float | None = None  # when the checkout raised (timed out, refused, failed)
     query_done: float | None = None  # query result back
     released: float | None = None  # connection given back to the pool (or closed)
     finished: float | None = None
@@ -62,6 +64,11 @@ class Record:
     source: str | None = None  # "cache", "coalesced", "primary" or "replica<i>"
     cache_error: bool = False  # a Redis call failed: the read fell back to the database
     failover: bool = False  # its replica failed: the read went to the primary
+    # -- leaks ([client] leak_fraction): the connection kept after the answer --
+    leak: float = 0.0  # seconds it keeps its connection after answering (0: it does not leak)
+    leaked: bool = False  # it answered and left its connection to the closer
+    terminated: bool = False  # the server had ended the leaked session when it came back
+    leak_error: str | None = None  # what the release of the leaked connection raised
 
 
 #: The request the current thread or asyncio task is serving (set when it starts).
@@ -84,6 +91,9 @@ class RunContext:
     stopping: threading.Event = field(default_factory=threading.Event)
     #: contexts of the run's other databases (replicas): same clock and logs
     children: list[RunContext] = field(default_factory=list, repr=False)
+    #: server settings for every session of the run (``-c name=value`` at connect,
+    #: e.g. ``idle_in_transaction_session_timeout`` in ms); empty: the server's own
+    session_settings: dict[str, str] = field(default_factory=dict)
 
     def for_database(self, dsn: str) -> RunContext:
         """A context for another database of the same run (a replica's pool).
@@ -99,6 +109,7 @@ class RunContext:
             connects=self.connects,
             connect_durations=self.connect_durations,
             stopping=self.stopping,
+            session_settings=self.session_settings,
         )
         self.children.append(child)
         return child
@@ -119,6 +130,16 @@ class RunContext:
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
+
+    def libpq_options(self) -> dict[str, str]:
+        """``session_settings`` as libpq's ``options`` keyword (psycopg2, psycopg); {} if none.
+
+        Set only when there is something to set: a PgBouncer in front refuses
+        an ``options`` startup parameter it has not been told to ignore.
+        """
+        if not self.session_settings:
+            return {}
+        return {"options": " ".join(f"-c {k}={v}" for k, v in self.session_settings.items())}
 
     def connected(self, duration: float | None = None) -> None:
         # list.append is atomic under the GIL: safe from any thread.

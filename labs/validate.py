@@ -10,28 +10,34 @@ replications) and run live.  Each comparison is scored against the fidelity
 goals below.
 
 A goal on a rate or a time is relative (``|predicted - measured| <= tol x
-measured``); ``timeout_rate`` is a share, so its goal is absolute.  A relative
-error means little when the measured value is a handful of events, so
+measured``); ``timeout_rate`` and ``overtaken_ratio`` are shares, so their
+goals are absolute.  A relative error means little when the measured value
+is a handful of events or a fraction of a millisecond, so
 ``connections_opened_per_s`` also passes when the two differ by at most
-:data:`CONNECTS_FLOOR` connections over the whole window (a pool that opens
-one connection in the window and a prediction of none differ by "100%").
+:data:`CONNECTS_FLOOR` connections over the whole window, and
+``checkout_p95_ms`` when they differ by at most :data:`CHECKOUT_FLOOR_MS`.
 
 Why the goals differ: throughput is pinned by the arrival schedule (both
 executors see the same Poisson arrivals), so only failures move it; means
-average out noise, a p95 from one live run of a few thousand requests has a
-sampling error of several percent on its own; connection churn comes in
-bursts, so a single run's count is the noisiest of the five.
+average out noise; a p95 from one live run of a few thousand requests has a
+sampling error of several percent on its own, a p99 more; connection churn
+comes in bursts, so a single run's count is the noisiest.
+
+**Every prediction is made in advance.**  The simulated scenario gets only
+what was calibrated *before* its live run, at another operating point (an
+idle server, light load): connect times, the round trip, the client's CPU
+per request.  Nothing measured during the run goes into the score.
 
 Every row also carries the evidence needed to explain a miss: the client's
 CPU use and the host's (the load generator and a local server share the
 machine's cores), the scheduler lag (requests the client started late), the
-achieved arrival rate, the server's view of the connections, and how often a
-waiting request was overtaken (the real pool was not FIFO).  For a missed
-goal there are two more tests: is the measurement inside the range where one
-run falls with 95% probability (then the miss is a single run's noise), and
-does a simulation with the inputs *measured during the live run* meet the
-goal (then the model is right, and an input -- connect time, the client's
-costs -- changed under load from what the calibration saw).
+achieved arrival rate and the server's view of the connections.  For a
+missed goal there are two more tests, reported as evidence and never
+scored: is the measurement inside the range where one run falls with 95%
+probability (then the miss is a single run's noise), and does a simulation
+with the inputs *measured during the live run* meet the goal (then the
+queueing model was right, and an input changed under load from what the
+calibration saw).
 """
 
 from __future__ import annotations
@@ -75,7 +81,10 @@ GOALS: tuple[Goal, ...] = (
     Goal("throughput_rps", "rel", 0.05),
     Goal("latency_mean_ms", "rel", 0.15),
     Goal("latency_p95_ms", "rel", 0.20),
-    Goal("timeout_rate", "abs", 0.04),
+    Goal("latency_p99_ms", "rel", 0.25),
+    Goal("checkout_p95_ms", "rel", 0.25),
+    Goal("timeout_rate", "abs", 0.02),
+    Goal("overtaken_ratio", "abs", 0.10),
     Goal("connections_opened_per_s", "rel", 0.25),
     # the keyed path's shares (scenarios with a [cache] / with writes):
     Goal("cache_hit_ratio", "abs", 0.03),
@@ -88,6 +97,12 @@ ABSOLUTE = frozenset(g.metric for g in GOALS if g.kind == "abs")
 #: connections_opened_per_s also passes when predicted and measured differ by
 #: at most this many connections over the measured window.
 CONNECTS_FLOOR = 2.0
+
+#: checkout_p95_ms also passes when predicted and measured differ by at most
+#: this many milliseconds: a request that does not wait has its connection in
+#: a tenth of a millisecond or so, and a live run's timers and thread wake-ups
+#: are not finer than that, so "0.05 vs 0.1 ms" is not a 100% miss.
+CHECKOUT_FLOOR_MS = 0.25
 
 #: Replications simulated per prediction: more than a scenario's usual 5, so
 #: the single-run range that judges a live run is itself well estimated.
@@ -137,6 +152,8 @@ def score(goal: Goal, predicted: float | None, measured: float | None,
         passed = abs(diff) <= goal.tolerance * abs(measured)
         if goal.metric == "connections_opened_per_s":
             passed = passed or abs(diff) * duration <= CONNECTS_FLOOR
+        if goal.metric == "checkout_p95_ms":
+            passed = passed or abs(diff) <= CHECKOUT_FLOOR_MS
     return {"metric": goal.metric, "predicted": predicted, "measured": measured,
             "error": error, "passed": bool(passed)}
 
@@ -271,6 +288,7 @@ def validate(
         "executor": "labs-validate",
         "goals": [{"metric": g.metric, "kind": g.kind, "tolerance": g.tolerance} for g in GOALS],
         "connects_floor": CONNECTS_FLOOR,
+        "checkout_floor_ms": CHECKOUT_FLOOR_MS,
         "services": source,
         "host_busy_cores_before": before,
         "calibration": cal_doc,
@@ -288,7 +306,10 @@ _SHORT = {
     "throughput_rps": "throughput",
     "latency_mean_ms": "mean ms",
     "latency_p95_ms": "p95 ms",
+    "latency_p99_ms": "p99 ms",
+    "checkout_p95_ms": "checkout p95",
     "timeout_rate": "timeouts",
+    "overtaken_ratio": "overtaken",
     "connections_opened_per_s": "opened/s",
     "cache_hit_ratio": "hit ratio",
     "stale_read_ratio": "stale",
@@ -327,13 +348,12 @@ def _cell(check: dict) -> str:
 def render(doc: dict, markdown: bool = False) -> str:
     """The validation table: one row per scenario, one column per goal."""
     heads = ["scenario", "pool"] + [_SHORT[g["metric"]] for g in doc["goals"]]
-    heads += ["client cores", "lag p99 ms", "overtaken"]
+    heads += ["client cores", "lag p99 ms"]
     rows = []
     for r in doc["rows"]:
         ev = r["evidence"]
         rows.append([r["scenario"], r["pool_kind"]] + [_cell(c) for c in r["checks"]] + [
-            _num(ev.get("client_cores")), _num(ev.get("scheduler_lag_p99_ms")),
-            "-" if ev.get("overtaken_share") is None else f"{ev['overtaken_share']:.0%}"])
+            _num(ev.get("client_cores")), _num(ev.get("scheduler_lag_p99_ms"))])
     s = doc["summary"]
     cal = doc["calibration"]
     busy = doc.get("host_busy_cores_before")

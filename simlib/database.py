@@ -49,7 +49,7 @@ class ConnectionRefused(Exception):
 class Connection:
     """One server connection (one Postgres backend) as a pool holds it."""
 
-    __slots__ = ("created", "fresh", "queries", "expire_at", "closed")
+    __slots__ = ("created", "fresh", "queries", "expire_at", "closed", "on_lost")
 
     def __init__(self, created: float) -> None:
         self.created = created
@@ -58,6 +58,9 @@ class Connection:
         self.queries = 0
         self.expire_at = float("inf")
         self.closed = False
+        #: called when the server ends the session, for a library that notices
+        #: at once (asyncpg's protocol sees the socket close); None: nobody does
+        self.on_lost: Callable[[], None] | None = None
 
 
 class ProcessorSharing:
@@ -238,3 +241,5 @@ class DatabaseServer:
         if not conn.closed:
             self.recorder.session_terminated()
             self.close(conn)
+            if conn.on_lost is not None:
+                conn.on_lost()

@@ -200,7 +200,13 @@ class Interpreter:
             return
         self.drop()
         yield self.env.timeout(seconds)
-        yield from self.take()
+        # take(), inlined: this is the simulator's hottest path.
+        if not self.busy:
+            self.busy = True
+            return
+        turn = self.env.event()
+        self._ready.append((turn, None))
+        yield turn
 
     def run_blocking(
         self, steps: Generator[simpy.Event, Any, Any]
@@ -236,6 +242,10 @@ class Unlocked(Interpreter):
 
     def drop(self) -> None:
         pass
+
+    def io(self, seconds: float) -> Steps:
+        if seconds > 0:
+            yield self.env.timeout(seconds)
 
     def wake(self, event: simpy.Event, value: Any = None) -> None:
         event.succeed(value)

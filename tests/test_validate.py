@@ -21,6 +21,7 @@ from labs.calibrate import charged_checkout, charged_round_trips, client_rate, c
 from labs.records import Record
 from labs.services import missing_binaries
 from labs.validate import (
+    CHECKOUT_FLOOR_MS,
     CONNECTS_FLOOR,
     GOALS,
     explain,
@@ -64,9 +65,15 @@ def test_scores():
     rel = score(GOAL["throughput_rps"], 104.0, 100.0, 10.0)
     assert rel["passed"] and rel["error"] == pytest.approx(0.04)
     assert not score(GOAL["throughput_rps"], 106.0, 100.0, 10.0)["passed"]
-    ab = score(GOAL["timeout_rate"], 0.25, 0.22, 10.0)
-    assert ab["passed"] and ab["error"] == pytest.approx(0.03)
-    assert not score(GOAL["timeout_rate"], 0.25, 0.20, 10.0)["passed"]
+    ab = score(GOAL["timeout_rate"], 0.25, 0.235, 10.0)
+    assert ab["passed"] and ab["error"] == pytest.approx(0.015)
+    assert not score(GOAL["timeout_rate"], 0.25, 0.22, 10.0)["passed"]
+    fair = score(GOAL["overtaken_ratio"], 0.6, 0.52, 10.0)
+    assert fair["passed"] and not score(GOAL["overtaken_ratio"], 0.6, 0.45, 10.0)["passed"]
+    # checkout times of a fraction of a millisecond: within CHECKOUT_FLOOR_MS passes
+    quick = score(GOAL["checkout_p95_ms"], 0.05, 0.05 + CHECKOUT_FLOOR_MS, 10.0)
+    assert quick["passed"]
+    assert not score(GOAL["checkout_p95_ms"], 2.0, 3.0, 10.0)["passed"]
     # a handful of connects: within CONNECTS_FLOOR connections over the window passes
     few = score(GOAL["connections_opened_per_s"], 0.0, CONNECTS_FLOOR / 10.0, 10.0)
     assert few["passed"] and few["error"] == pytest.approx(-1.0)
@@ -178,12 +185,12 @@ def test_cli_validate_quick(tmp_path):
     # ... the staleness goal does to one with replicas and writes (no cache there)
     stale = {c["metric"]: c for c in keyed["checks"]}["stale_read_ratio"]
     assert stale["passed"] in (True, False) and 0 < stale["measured"] < 0.3
-    assert keyed["goals"] == 6
+    assert keyed["goals"] == 9
     cal = row["compare"]["calibration"]
     assert cal["client"]["pool_kind"] == "sqlalchemy" and cal["client"]["dispatch"]["samples"] > 10
     assert cal["first_query_extra"] >= 0
     assert row["evidence"]["client_cores"] > 0
-    assert doc["summary"]["goals"] == 5 + 6
+    assert doc["summary"]["goals"] == 8 + 9
     # One 2 s run carries its own Poisson noise (about 7% in 200 arrivals): hold the
     # measured throughput to one run's 95% range, widened by half (about 99.7%).
     thr = row["checks"][0]

@@ -8,6 +8,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
+from labs.drivers.base import socket_has_news
 from labs.query import one
 from labs.records import Record, RunContext
 
@@ -35,11 +36,30 @@ def psycopg2_version() -> str:
 
 
 def connect_kwargs(ctx: RunContext) -> dict[str, Any]:
-    """Keyword arguments for psycopg2.connect: our application_name and the counting factory."""
+    """Keyword arguments for psycopg2.connect: our application_name, the counting factory,
+    and the run's session settings (libpq ``options``)."""
     return {
         "application_name": ctx.application_name,
         "connection_factory": counting_factory(ctx),
+        **ctx.libpq_options(),
     }
+
+
+def session_ended(conn: Any) -> bool:
+    """The server has ended this idle psycopg2 session (closed, or its socket has news)."""
+    if conn.closed:
+        return True
+    try:
+        return socket_has_news(conn.fileno())
+    except Exception:  # noqa: BLE001 - psycopg2.InterfaceError on a closed connection
+        return True
+
+
+def begin_if_autocommit(conn: Any) -> None:
+    """Open a transaction on an autocommit connection (otherwise psycopg2 has one open)."""
+    if conn.autocommit:
+        with conn.cursor() as cur:
+            cur.execute("BEGIN")
 
 
 class Statements:

@@ -21,6 +21,17 @@ Measured:
   (``timeout = inf`` means ``acquire(timeout=None)``, waiting forever);
 * ``waited`` (p_wait): the pool's holder queue was empty when the request
   called ``acquire`` -- exact, since everything runs on one loop thread.
+
+Leaks: asyncpg runs each statement in its own transaction, so a request that
+leaks in a transaction sends ``BEGIN`` first.  Released later with the
+transaction open, asyncpg rolls it back and reports "Resetting connection
+with an active transaction" to the loop's exception handler; the driver
+counts those (``details()["reset_active_transaction"]``) instead of letting
+each one print an error log.  When the server ends a checked-out session
+(an idle-in-transaction timeout), asyncpg notices at once (the protocol's
+``connection_lost``) and puts the holder back in the pool by itself
+(``Connection._cleanup`` -> ``PoolConnectionHolder._release_on_close``):
+the proxy is detached and the later ``release`` does nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +49,9 @@ from simlib.scenario import Scenario
 #: Seconds ``close()`` waits for the pool to close gracefully before terminating it.
 CLOSE_TIMEOUT = 10.0
 
+#: What asyncpg tells the loop when it releases a connection with a transaction open.
+RESET_ACTIVE = "Resetting connection with an active transaction"
+
 
 class AsyncpgDriver(Driver):
     """An asyncpg Pool; every request a task on one event loop."""
@@ -53,6 +67,7 @@ class AsyncpgDriver(Driver):
         self._keyed = {w: ctx.query.keyed_sql(w, "dollar") for w in (False, True)}
         self.pool: asyncpg.Pool | None = None
         self._timeout: float | None = None
+        self.reset_active = 0  # releases asyncpg reported with a transaction open
 
     async def open(self) -> None:
         c = self.config
@@ -75,10 +90,30 @@ class AsyncpgDriver(Driver):
             max_queries=c.max_queries,
             max_inactive_connection_lifetime=c.max_inactive_connection_lifetime,
             connect=timed_connect,
-            server_settings={"application_name": ctx.application_name},
+            server_settings={**ctx.session_settings, "application_name": ctx.application_name},
             **extra,
         )
         self._timeout = None if c.timeout == float("inf") else c.timeout
+        if self.closer is not None and self.leak_in_transaction:
+            self._count_reset_reports(asyncio.get_running_loop())
+
+    def _count_reset_reports(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Count asyncpg's "Resetting connection with an active transaction" reports.
+
+        Only on a run whose requests leak transactions (every leaked one is
+        reported); any other report goes to the handler that was there.
+        """
+        previous = loop.get_exception_handler()
+
+        def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            if str(context.get("message", "")).startswith(RESET_ACTIVE):
+                self.reset_active += 1
+            elif previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(handler)
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -89,11 +124,13 @@ class AsyncpgDriver(Driver):
             except (TimeoutError, Exception):  # noqa: BLE001
                 self.pool.terminate()
 
-    async def checkout(self) -> tuple[asyncpg.Connection, bool]:
-        pool = self.pool
-        assert pool is not None
-        waited = pool._queue.empty()  # every holder is taken: acquire will wait
-        return await pool.acquire(timeout=self._timeout), waited
+    def must_wait(self) -> bool:
+        assert self.pool is not None
+        return self.pool._queue.empty()  # every holder is taken: acquire will wait
+
+    async def checkout(self) -> asyncpg.Connection:
+        assert self.pool is not None
+        return await self.pool.acquire(timeout=self._timeout)
 
     async def execute(self, conn: asyncpg.Connection, rec: Record, write: bool | None) -> Any:
         # asyncpg runs each statement in its own transaction: a write is
@@ -119,8 +156,21 @@ class AsyncpgDriver(Driver):
         except BaseException:  # noqa: BLE001
             pass
 
+    # -- leaks: every statement is its own transaction unless one is begun --
+    async def begin(self, conn: asyncpg.Connection) -> None:
+        await conn.execute("BEGIN")
+
+    def lost(self, conn: Any) -> bool:
+        # A proxy whose holder went back to the pool when the connection was
+        # lost (_release_on_close) is detached: its _con is None.
+        con = getattr(conn, "_con", None)
+        return con is None or con.is_closed()
+
     def details(self) -> dict[str, object]:
-        return {"limit": self.limit, "asyncpg": asyncpg.__version__}
+        out: dict[str, object] = {"limit": self.limit, "asyncpg": asyncpg.__version__}
+        if self.closer is not None:
+            out["reset_active_transaction"] = self.reset_active
+        return out
 
 
 DRIVER = AsyncpgDriver

@@ -11,7 +11,13 @@ from typing import Any
 
 import psycopg2
 
-from labs.drivers._psycopg2 import Statements, connect_kwargs, psycopg2_version
+from labs.drivers._psycopg2 import (
+    Statements,
+    begin_if_autocommit,
+    connect_kwargs,
+    psycopg2_version,
+    session_ended,
+)
 from labs.drivers.base import Driver
 from labs.records import Record, RunContext
 from simlib.scenario import Scenario
@@ -35,16 +41,23 @@ class NoPoolDriver(Driver):
     def close(self) -> None:
         pass
 
-    def checkout(self) -> tuple[Any, bool]:
+    def checkout(self) -> Any:
         conn = psycopg2.connect(self.ctx.dsn, **self._kwargs)
         conn.autocommit = True  # one statement, then close: nothing to reset
-        return conn, False
+        return conn
 
     def execute(self, conn: Any, rec: Record, write: bool | None) -> int | None:
         return self.statements.execute(conn, rec, write)  # autocommit: a write is committed
 
     def release(self, conn: Any, ok: bool) -> None:
         conn.close()
+
+    # -- leaks: autocommit, so a leak in a transaction begins one --
+    def begin(self, conn: Any) -> None:
+        begin_if_autocommit(conn)
+
+    def lost(self, conn: Any) -> bool:
+        return session_ended(conn)
 
     def details(self) -> dict[str, object]:
         return {"limit": None, "psycopg2": psycopg2_version()}

@@ -15,7 +15,13 @@ from typing import Any
 import psycopg2
 import psycopg2.pool
 
-from labs.drivers._psycopg2 import Statements, connect_kwargs, psycopg2_version
+from labs.drivers._psycopg2 import (
+    Statements,
+    begin_if_autocommit,
+    connect_kwargs,
+    psycopg2_version,
+    session_ended,
+)
 from labs.drivers.base import Driver
 from labs.records import Record, RunContext
 from simlib.scenario import Scenario
@@ -42,12 +48,12 @@ class Psycopg2Driver(Driver):
         if self.pool is not None:
             self.pool.closeall()
 
-    def checkout(self) -> tuple[Any, bool]:
+    def checkout(self) -> Any:
         assert self.pool is not None
         conn = self.pool.getconn()
         if not self.config.reset_on_return:
             conn.autocommit = True  # no transaction, so putconn has nothing to roll back
-        return conn, False
+        return conn
 
     def execute(self, conn: Any, rec: Record, write: bool | None) -> int | None:
         version = self.statements.execute(conn, rec, write)
@@ -56,8 +62,22 @@ class Psycopg2Driver(Driver):
         return version
 
     def release(self, conn: Any, ok: bool) -> None:
+        # putconn rolls back a connection it keeps; when the server has ended
+        # the session that rollback raises, before putconn forgets the
+        # connection, so it is called again (ok False): closed, it is dropped.
         assert self.pool is not None
         self.pool.putconn(conn, close=not ok and conn.closed != 0)
+
+    # -- leaks --
+    def begin(self, conn: Any) -> None:
+        begin_if_autocommit(conn)
+
+    def commit(self, conn: Any) -> None:
+        if not conn.autocommit:
+            conn.commit()
+
+    def lost(self, conn: Any) -> bool:
+        return session_ended(conn)
 
     def details(self) -> dict[str, object]:
         return {"limit": self.limit, "psycopg2": psycopg2_version()}

@@ -15,17 +15,25 @@ Measured:
   ``getconn()``: with none idle the request always queues (while a worker
   possibly grows the pool), so this is its own "must wait" condition.  Read
   without the pool's lock: a close approximation under contention.
+
+Leaks: a leaked connection the server ended (an idle-in-transaction timeout)
+comes back BAD; ``putconn`` discards it (``get_stats()["returns_bad"]``) and
+logs the warning "discarding closed connection" each time.  On a run whose
+requests leak, those warnings are kept off stderr while the pool is open:
+``pool_stats.returns_bad`` in the details counts them.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import psycopg
 import psycopg_pool
+from psycopg.pq import TransactionStatus
 
-from labs.drivers.base import BIG_TIMEOUT, Driver
+from labs.drivers.base import BIG_TIMEOUT, Driver, socket_has_news
 from labs.query import one
 from labs.records import Record, RunContext
 from simlib.scenario import Scenario
@@ -41,6 +49,13 @@ def counting_connection_class(ctx: RunContext) -> type[psycopg.Connection[Any]]:
             return conn
 
     return CountingConnection
+
+
+class _DropDiscardWarnings(logging.Filter):
+    """Drops psycopg_pool's "discarding closed connection" warnings (counted in its stats)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("discarding closed connection")
 
 
 def _finite(seconds: float) -> float:
@@ -59,15 +74,20 @@ class PsycopgPoolDriver(Driver):
         self._keyed = {w: ctx.query.keyed_sql(w, "pyformat") for w in (False, True)}
         self.pool: psycopg_pool.ConnectionPool[Any] | None = None
         self.stats: dict[str, int] = {}
+        self._quiet: logging.Filter | None = None
 
     def open(self) -> None:
         c = self.config
+        if self.closer is not None:
+            self._quiet = _DropDiscardWarnings()
+            logging.getLogger("psycopg.pool").addFilter(self._quiet)
         self.pool = psycopg_pool.ConnectionPool(
             self.ctx.dsn,
             connection_class=counting_connection_class(self.ctx),
             kwargs={
                 "application_name": self.ctx.application_name,
                 "autocommit": not c.reset_on_return,
+                **self.ctx.libpq_options(),
             },
             min_size=c.min_size,
             max_size=c.effective_max_size,
@@ -82,19 +102,28 @@ class PsycopgPoolDriver(Driver):
         self.pool.wait(timeout=60.0)
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.stats = self.pool.get_stats()
-            self.pool.close(timeout=5.0)
+        try:
+            if self.pool is not None:
+                self.stats = self.pool.get_stats()
+                self.pool.close(timeout=5.0)
+        finally:
+            if self._quiet is not None:
+                logging.getLogger("psycopg.pool").removeFilter(self._quiet)
+                self._quiet = None
 
-    def checkout(self) -> tuple[Any, bool]:
+    def must_wait(self) -> bool:
         assert self.pool is not None
-        waited = not self.pool._pool  # no idle connection: getconn() will queue
-        return self.pool.getconn(), waited
+        return not self.pool._pool  # no idle connection: getconn() will queue
+
+    def checkout(self) -> Any:
+        assert self.pool is not None
+        return self.pool.getconn()
 
     def execute(self, conn: Any, rec: Record, write: bool | None) -> int | None:
         # What `with pool.connection() as c:` does around the body: the
         # statement, then commit on success (rollback on error) before putconn;
-        # a write's version is then committed.
+        # a write's version is then committed.  A request that leaks in a
+        # transaction commits late instead, when the closer releases it.
         query = self.ctx.query
         try:
             if write is None:
@@ -106,12 +135,33 @@ class PsycopgPoolDriver(Driver):
         except BaseException:
             conn.rollback()
             raise
-        conn.commit()
+        if not self.keeps_transaction(rec, write):
+            conn.commit()
         return version
 
     def release(self, conn: Any, ok: bool) -> None:
+        # A leaked connection comes back with its transaction open: commit it,
+        # as leaving `with pool.connection()` would (putconn itself would roll
+        # it back with a warning).  When the server has ended the session the
+        # commit raises (25P03); called again with ok False, putconn finds the
+        # connection BAD, discards it and a worker opens another.
         assert self.pool is not None
+        if ok and conn.info.transaction_status == TransactionStatus.INTRANS:
+            conn.commit()
         self.pool.putconn(conn)
+
+    # -- leaks --
+    def begin(self, conn: Any) -> None:
+        if conn.autocommit:  # reset_on_return = false: no transaction unless asked
+            conn.execute("BEGIN")
+
+    def lost(self, conn: Any) -> bool:
+        if conn.closed:
+            return True
+        try:
+            return socket_has_news(conn.fileno())
+        except Exception:  # noqa: BLE001 - a closed connection
+            return True
 
     def details(self) -> dict[str, object]:
         return {

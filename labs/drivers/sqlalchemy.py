@@ -2,7 +2,9 @@
 
 One request is ``with engine.connect() as c: c.execute(text(query))``; leaving
 the block returns the connection, and reset-on-return rolls it back (one
-round trip), exactly as an application does.
+round trip), exactly as an application does.  After the statement psycopg2
+has a transaction open (SQLAlchemy's autobegin), so a request that leaks in
+a transaction needs nothing more; one that leaks outside one commits first.
 
 Measured:
 
@@ -26,7 +28,7 @@ import sqlalchemy.exc
 from sqlalchemy import event, text
 from sqlalchemy.pool import QueuePool
 
-from labs.drivers._psycopg2 import connect_kwargs, psycopg2_version
+from labs.drivers._psycopg2 import connect_kwargs, psycopg2_version, session_ended
 from labs.drivers.base import BIG_TIMEOUT, Driver
 from labs.records import Record, RunContext
 from simlib.scenario import Scenario
@@ -106,10 +108,12 @@ class SQLAlchemyDriver(Driver):
         if self.engine is not None:
             self.engine.dispose()
 
-    def checkout(self) -> tuple[sqlalchemy.Connection, bool]:
+    def must_wait(self) -> bool:
+        return at_limit(self.pool)
+
+    def checkout(self) -> sqlalchemy.Connection:
         assert self.engine is not None
-        waited = at_limit(self.pool)
-        return self.engine.connect(), waited
+        return self.engine.connect()
 
     def execute(self, conn: sqlalchemy.Connection, rec: Record, write: bool | None) -> int | None:
         query = self.ctx.query
@@ -123,7 +127,22 @@ class SQLAlchemyDriver(Driver):
         return None if version is None else int(version)
 
     def release(self, conn: sqlalchemy.Connection, ok: bool) -> None:
+        # close() rolls back an open transaction; when the server has ended
+        # the session it raises OperationalError (connection_invalidated):
+        # the record is invalidated and back in the pool, and reconnects at
+        # its next checkout.
         conn.close()
+
+    # -- leaks: psycopg2 under SQLAlchemy has a transaction open after a statement --
+    def commit(self, conn: sqlalchemy.Connection) -> None:
+        conn.commit()
+
+    def lost(self, conn: sqlalchemy.Connection) -> bool:
+        if conn.closed:
+            return False  # nothing to tell any more
+        if conn.invalidated:
+            return True
+        return session_ended(conn.connection.dbapi_connection)
 
     def details(self) -> dict[str, object]:
         return {

@@ -19,6 +19,11 @@ Measured:
   overflow M reached, connection timed out, timeout T");
 * ``waited`` (p_wait): QueuePool's own "must wait" condition just before
   ``engine.connect()`` -- exact here, since everything runs on one loop thread.
+
+Leaks: SQLAlchemy's asyncpg adapter begins a transaction itself before the
+first statement (``AsyncAdapt_asyncpg_cursor._prepare_and_execute`` ->
+``_start_transaction``), as a DBAPI connection would, so a request that leaks
+in a transaction needs no ``BEGIN`` of its own.
 """
 
 from __future__ import annotations
@@ -57,7 +62,8 @@ class SQLAlchemyAsyncDriver(Driver):
         async def timed_connect() -> Any:
             t = time.perf_counter()
             conn = await asyncpg.connect(
-                ctx.dsn, server_settings={"application_name": ctx.application_name}
+                ctx.dsn,
+                server_settings={**ctx.session_settings, "application_name": ctx.application_name},
             )
             ctx.connected(time.perf_counter() - t)
             return conn
@@ -77,10 +83,13 @@ class SQLAlchemyAsyncDriver(Driver):
         if self.engine is not None:
             await self.engine.dispose()
 
-    async def checkout(self) -> tuple[AsyncConnection, bool]:
+    def must_wait(self) -> bool:
         assert self.engine is not None
-        waited = at_limit(self.engine.sync_engine.pool)
-        return await self.engine.connect(), waited
+        return at_limit(self.engine.sync_engine.pool)
+
+    async def checkout(self) -> AsyncConnection:
+        assert self.engine is not None
+        return await self.engine.connect()
 
     async def execute(self, conn: AsyncConnection, rec: Record, write: bool | None) -> Any:
         query = self.ctx.query
@@ -94,7 +103,23 @@ class SQLAlchemyAsyncDriver(Driver):
         return version
 
     async def release(self, conn: AsyncConnection, ok: bool) -> None:
+        # As the thread engine: a session the server ended makes close() raise
+        # (InterfaceError, connection_invalidated); the record is invalidated.
         await conn.close()
+
+    # -- leaks --
+    async def commit(self, conn: AsyncConnection) -> None:
+        await conn.commit()
+
+    def lost(self, conn: AsyncConnection) -> bool:
+        sync = conn.sync_connection
+        if sync is None or sync.closed:
+            return False
+        if sync.invalidated:
+            return True
+        raw = sync.connection.dbapi_connection
+        inner = getattr(raw, "_connection", None)  # the adapter's asyncpg connection
+        return inner is not None and inner.is_closed()
 
     def details(self) -> dict[str, object]:
         return {"limit": self.limit, "sqlalchemy": sqlalchemy.__version__,

@@ -141,7 +141,20 @@ class AsyncpgPoolModel(base.PoolModel[AsyncpgPoolConfig]):
         conn = holder.conn
         conn.queries += 1
         self.in_use[id(conn)] = holder
+        conn.on_lost = lambda: self._lost(conn)
         return conn
+
+    def _lost(self, conn: Connection) -> None:
+        """The server ended a checked-out session: asyncpg gives its holder back at once.
+
+        ``Protocol.connection_lost`` -> ``Connection._cleanup`` ->
+        ``PoolConnectionHolder._release_on_close``: the holder goes back to
+        the queue without a connection (the later ``release`` does nothing).
+        """
+        holder = self.in_use.pop(id(conn), None)
+        if holder is not None:
+            holder.conn = None
+            self._push(holder)
 
     def _get(self) -> Holder:
         """``_PoolConnectionHolderQueue._get``: the newest connected holder, else the top."""
@@ -169,11 +182,12 @@ class AsyncpgPoolModel(base.PoolModel[AsyncpgPoolConfig]):
         yield
 
     def discard(self, conn: Connection) -> base.Release:
-        # The reset fails: the holder terminates its connection and goes
-        # back to the queue empty; it reconnects when next acquired.
-        holder = self.in_use.pop(id(conn))
-        holder.conn = None
-        self._push(holder)
+        # Already given back when the session was lost (_lost); release()
+        # of a connection whose holder is back does nothing.
+        holder = self.in_use.pop(id(conn), None)
+        if holder is not None:
+            holder.conn = None
+            self._push(holder)
         return
         yield
 

@@ -24,8 +24,10 @@ not describe this machine's live runs and would load someone else's server.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -47,6 +49,14 @@ from simlib.scenario import Scenario, parse_scenario
 
 SLEEP = 0.005
 CONNECT_TIMEOUT = 3
+
+#: pg_sleep's step: it waits on its latch in whole milliseconds, rounding up.
+PG_SLEEP_GRANULARITY = 0.001
+
+
+def live_query(scenario: Scenario) -> Any:
+    """The scenario's ``[query]`` as the live run runs it: pg_sleep, in whole milliseconds."""
+    return dataclasses.replace(scenario.query, sleep_granularity=PG_SLEEP_GRANULARITY)
 
 
 @dataclass(frozen=True)
@@ -199,10 +209,11 @@ class ClientCalibration:
     the load generator, the pool, the driver, the probes) over the run,
     divided by the requests it served.  Unlike a wall-clock time this does
     not grow with load, so it is what simlib runs on the process's
-    interpreter.  ``after`` is the part of it that neither ``dispatch`` nor
-    ``hold`` holds: CPU the process spends outside a request's path (the
+    interpreter.  When it is less than ``dispatch`` plus ``hold``, the rest of
+    those is waiting (``cpu_share``, the CPU's share of them); when it is
+    more, the excess is CPU the process spends outside a request's path (the
     load generator's bookkeeping, the probes), charged to each request after
-    its answer (``[client] after``).
+    its answer (``after``).
     """
 
     pool_kind: str
@@ -213,9 +224,22 @@ class ClientCalibration:
     workload: str = "open"  # the calibration run's shape: the scenario's own
 
     @property
+    def wall_per_request(self) -> float:
+        """Mean dispatch plus mean hold: the client's wall time on a request's path."""
+        return statistics.fmean(self.dispatch) + statistics.fmean(self.hold)
+
+    @property
+    def cpu_share(self) -> float:
+        """The share of dispatch and hold that is CPU (the process used less than their sum)."""
+        wall = self.wall_per_request
+        if self.cpu_per_request <= 0 or wall <= 0:
+            return 1.0  # not measured: all CPU, as before
+        return min(1.0, self.cpu_per_request / wall)
+
+    @property
     def after(self) -> float:
-        return max(0.0, self.cpu_per_request - statistics.fmean(self.dispatch)
-                   - statistics.fmean(self.hold))
+        """CPU per request beyond dispatch and hold (the process used more than their sum)."""
+        return max(0.0, self.cpu_per_request - self.wall_per_request)
 
     def to_dict(self) -> dict[str, object]:
         def summary(xs: list[float]) -> dict[str, float | int]:
@@ -224,7 +248,8 @@ class ClientCalibration:
 
         return {"pool_kind": self.pool_kind, "rate": self.rate, "workload": self.workload,
                 "dispatch": summary(self.dispatch), "hold": summary(self.hold),
-                "cpu_per_request": self.cpu_per_request, "after": self.after}
+                "cpu_per_request": self.cpu_per_request, "cpu_share": self.cpu_share,
+                "after": self.after}
 
 
 def client_rate(scenario: Scenario) -> float:
@@ -284,7 +309,8 @@ def calibrate_client(scenario: Scenario, topology: Topology, network_rtt: float,
                                     charged_round_trips(scenario.pool, network_rtt, operations),
                                     checkout=charged_checkout(scenario.pool, network_rtt,
                                                               operations),
-                                    first_query=first_query_extra)
+                                    first_query=first_query_extra,
+                                    server_time=live_query(scenario).server_time)
     if not dispatch:
         raise RuntimeError("calibrate_client: no request of the calibration run succeeded")
     cpu = cpu_s / served if isinstance(cpu_s, int | float) and served else 0.0
@@ -322,7 +348,9 @@ def charged_checkout(pool: PoolConfig, network_rtt: float,
 
 def client_samples(records: Sequence[Record], start: float, end: float, charged: float,
                    cached: bool = False, *, checkout: float = 0.0,
-                   first_query: float = 0.0) -> tuple[list[float], list[float]]:
+                   first_query: float = 0.0,
+                   server_time: Callable[[float], float] = float,
+                   ) -> tuple[list[float], list[float]]:
     """Per-request client costs in a run's records: (dispatch, hold) samples.
 
     Successful requests scheduled in ``[start, end)`` that used a connection
@@ -334,6 +362,8 @@ def client_samples(records: Sequence[Record], start: float, end: float, charged:
     ``hit_time``); hold minus the service time and the ``charged`` round
     trips, and, for a request that opened its connection, ``first_query``
     (the cold backend's extra, where the connect times already include it).
+    ``server_time`` turns a drawn service time into what the server spent
+    (``Query.server_time``: ``pg_sleep`` sleeps whole milliseconds).
     """
     dispatch: list[float] = []
     hold: list[float] = []
@@ -345,7 +375,7 @@ def client_samples(records: Sequence[Record], start: float, end: float, charged:
             dispatch.append(max(0.0, r.got - r.scheduled - r.connect_s
                                 - (0.0 if opened else checkout)))
         released = r.released if r.released is not None else r.got
-        hold.append(max(0.0, released - r.got - r.service - charged
+        hold.append(max(0.0, released - r.got - server_time(r.service) - charged
                         - (first_query if opened else 0.0)))
     return dispatch, hold
 
@@ -467,6 +497,9 @@ class OperationCosts:
     ping_wall: float
     reset_wall: float
     connect_wall: float
+    #: seconds from ``Condition.notify()`` until the woken thread runs, the
+    #: notifier blocking at once (``[host] wakeup``)
+    wakeup: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -517,6 +550,7 @@ def calibrate_operations(dsn: str, samples: int = OPERATION_SAMPLES) -> Operatio
         conn.close()
 
     connect_cpu, connect_wall = _per_call(connect, max(10, samples // 10))
+    wakeup = thread_wakeup(max(50, samples // 2))
     # The loop's own SELECT 1 is not part of a connect: take one off.
     conn = psycopg2.connect(dsn, connect_timeout=CONNECT_TIMEOUT)
     try:
@@ -535,4 +569,44 @@ def calibrate_operations(dsn: str, samples: int = OPERATION_SAMPLES) -> Operatio
         ping_wall=max(0.0, ping_wall - plain_wall),
         reset_wall=max(0.0, plain_wall - base_wall),
         connect_wall=max(0.0, connect_wall - select_wall),
+        wakeup=wakeup,
     )
+
+
+def thread_wakeup(samples: int = 200) -> float:
+    """Median seconds from ``Condition.notify()`` until the woken thread runs.
+
+    The notifier blocks right after notifying (it waits for the woken one's
+    answer), so nothing holds the GIL meanwhile: what is left is the OS
+    waking the thread (a futex) and running it on a core.
+    """
+    cond = threading.Condition()
+    answered = threading.Event()
+    times: list[float] = []
+    notified_at = [0.0]
+    stop = [False]
+
+    def waiter() -> None:
+        with cond:
+            while True:
+                cond.wait()
+                if stop[0]:
+                    return
+                times.append(time.perf_counter() - notified_at[0])
+                answered.set()
+
+    t = threading.Thread(target=waiter, daemon=True)
+    t.start()
+    time.sleep(0.01)
+    for _ in range(samples):
+        answered.clear()
+        with cond:
+            notified_at[0] = time.perf_counter()
+            cond.notify()
+        answered.wait(1.0)
+        time.sleep(0.0005)  # let the waiter park again
+    with cond:
+        stop[0] = True
+        cond.notify()
+    t.join(1.0)
+    return statistics.median(times) if times else 0.0

@@ -48,6 +48,7 @@ from functools import cached_property
 from typing import Any
 
 from labs.calibrate import (
+    PG_SLEEP_GRANULARITY,
     Calibration,
     ClientCalibration,
     calibrate,
@@ -57,6 +58,7 @@ from labs.calibrate import (
     charged_checkout,
     charged_round_trips,
     client_samples,
+    live_query,
 )
 from labs.executor import LiveResult, run_live
 from labs.topology import Topology
@@ -165,10 +167,13 @@ def _applied(scenario: Scenario, cal: Calibration, client: ClientCalibration | N
                                          "connect_times minus the client's connect CPU"),
         "database.network_rtt": cal.network_rtt,
     }
+    if not scenario.query.cpu_bound:
+        # The live query is pg_sleep, which sleeps whole milliseconds.
+        values["query.sleep_granularity"] = PG_SLEEP_GRANULARITY
     ops = cal.operations
     if ops is not None:
         values.update({"client.ping": ops.ping, "client.reset": ops.reset,
-                       "client.connect": ops.connect})
+                       "client.connect": ops.connect, "host.wakeup": ops.wakeup})
     if not as_values:
         values["note"] = ("query_overhead is folded into network_rtt (paid once per query; "
                           "pre-ping and reset round trips carry it too)")
@@ -185,6 +190,7 @@ def _applied(scenario: Scenario, cal: Calibration, client: ClientCalibration | N
         values["client.dispatch"] = samples(client.dispatch, "client dispatch samples")
         values["client.hold"] = samples(client.hold, "client hold samples")
         values["client.after"] = client.after
+        values["client.cpu_share"] = client.cpu_share
     # labs calibrates loopback servers only: the application's Python and
     # Postgres share this machine's cores.
     values["host.shared_cores"] = True
@@ -229,7 +235,8 @@ class Comparison:
         dispatch, hold = client_samples(live.records, w.warmup, w.warmup + w.duration,
                                         charged_round_trips(scenario.pool, rtt, ops),
                                         cached=scenario.cache is not None,
-                                        checkout=charged_checkout(scenario.pool, rtt, ops))
+                                        checkout=charged_checkout(scenario.pool, rtt, ops),
+                                        server_time=live_query(scenario).server_time)
         summary = {"connect_ms": _mean_ms(live.connect_durations),
                    "dispatch_ms": _mean_ms(dispatch), "hold_ms": _mean_ms(hold)}
         values: dict[str, object] = {}

@@ -84,16 +84,16 @@ class KeyedWorkload(Workload):
             recorder.replica_reads = [0] * len(replicas.replicas)
 
     # -- one request --------------------------------------------------------
-    def serve(self, client: int = -1) -> Serving:
+    def serve(self, client: int = -1, woke: bool = True) -> Serving:
         """Carry one read or write through cache, pool and database; True if it succeeded."""
-        request = self.begin(client)
+        request = self.begin(client, woke)
         request.key, request.write = self.next_key()
         if request.client < 0 and self._user is not None:
             clients = self.config.clients
             request.client = min(int(self._user() * clients), clients - 1)
         newest = self.versions.get(request.key, 0)  # what a fresh read must return, at least
         if self._dispatch is not None:
-            yield from self.interpreter.compute(self._dispatch())
+            yield from self.dispatch(request)
         if request.write:
             outcome, got, done = yield from self._serve_write(request)
         else:

@@ -25,6 +25,7 @@ the edge; the frozen object it returns is trusted everywhere after.
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -268,10 +269,29 @@ class Query(Section):
     RULES: ClassVar[Mapping[str, Rule]] = {
         "service_time": parse_distribution,
         "cpu_bound": flag,
+        "sleep_granularity": number(">=", 0),
     }
 
     service_time: Distribution = Exponential(0.005)
     cpu_bound: bool = False  # True: the query needs one of the database's cores
+    # A waiting query that sleeps in whole steps of this, each sleep rounded
+    # up: Postgres's pg_sleep() waits on its latch in whole milliseconds
+    # (misc.c: delay_ms = ceil(delay * 1000)), so pg_sleep(0.0023) takes 3 ms.
+    # The labs' live queries are pg_sleep; 0 = the service time exactly.
+    sleep_granularity: float = 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        data = Section.to_dict(self)
+        if not self.sleep_granularity:
+            del data["sleep_granularity"]  # files stay as written
+        return data
+
+    def server_time(self, service: float) -> float:
+        """Seconds the server spends on a query drawn as ``service``."""
+        g = self.sleep_granularity
+        if not g or self.cpu_bound or service <= 0:
+            return service
+        return math.ceil(service / g - 1e-9) * g
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +340,11 @@ class Client(Section):
     result, and the pool's return path.  The connection is busy (and no one
     else can use it) all that time, so it raises the pool's utilisation.
 
+    ``cpu_share``: the share of ``dispatch`` and ``hold`` that is CPU.  The
+    rest is waiting that neither holds the interpreter nor a core (the OS
+    waking a thread, a short wait the model does not list): it costs the
+    request wall time, but does not grow with the process's load.
+
     ``after``: Python the request's thread runs after its answer has gone:
     the load generator's or the framework's bookkeeping, logging, metrics.
     It is not in the request's latency, but it holds the interpreter, so it
@@ -346,6 +371,7 @@ class Client(Section):
         "dispatch": parse_distribution,
         "hold": parse_distribution,
         "after": number(">=", 0),
+        "cpu_share": fraction,
         "ping": number(">=", 0),
         "reset": number(">=", 0),
         "connect": number(">=", 0),
@@ -357,6 +383,7 @@ class Client(Section):
     dispatch: Distribution = Constant(0.0)
     hold: Distribution = Constant(0.0)
     after: float = 0.0
+    cpu_share: float = 1.0
     ping: float = 0.0
     reset: float = 0.0
     connect: float = 0.0
@@ -391,17 +418,27 @@ class Host(Section):
     ``asyncio.wait_for`` runs its awaitable in a new task, so asyncpg's
     ``acquire(timeout=...)`` first looks at the pool one turn of the event
     loop later, behind every task already ready.
+
+    ``wakeup``: how long the OS takes to run a thread that a lock or a
+    ``threading.Condition`` has woken (a futex wake, then a free core), before
+    it can even ask for the GIL.  Threads that are running meanwhile take a
+    returned connection first: one of the ways QueuePool waiters are
+    overtaken.  Tasks on an event loop wake by a callback, at no such cost.
     """
 
     RULES: ClassVar[Mapping[str, Rule]] = {
         "shared_cores": flag,
         "switch_interval": number(">", 0),
         "python": choice("3.10", "3.11", "3.12", "3.13", "3.14"),
+        "wakeup": number(">=", 0),
+        "gil_order": choice("fifo", "random"),
     }
 
     shared_cores: bool = False
     switch_interval: float = 0.005  # CPython's default
     python: str = "3.11"  # the CPython this project pins
+    wakeup: float = 0.0  # seconds for the OS to run a thread woken by a lock or condition
+    gil_order: str = "fifo"  # which waiting thread gets a dropped GIL: "fifo" or "random"
 
     @property
     def python_version(self) -> tuple[int, int]:

@@ -53,8 +53,9 @@ another process ends), and the primitives :meth:`Interpreter.take` and
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import simpy
@@ -79,10 +80,13 @@ class Interpreter:
     hold on while another waits (``inf`` for an event loop, which never
     preempts).  ``python``: the CPython version, for the library code that
     differs by version (asyncio's ``wait_for`` runs its awaitable in a new
-    task before 3.12, inline from 3.12).
+    task before 3.12, inline from 3.12).  ``wakeup``: how long a thread
+    parked on a lock or a condition takes to run once woken (the OS
+    scheduling it); 0 for tasks, whose wake-up is a callback on the loop.
     """
 
-    __slots__ = ("env", "cpu", "switch_interval", "python", "busy", "_ready")
+    __slots__ = ("env", "cpu", "switch_interval", "python", "wakeup", "pick", "busy", "_ready",
+                 "_waiting_since")
 
     def __init__(
         self,
@@ -90,15 +94,25 @@ class Interpreter:
         cpu: ProcessorSharing | None = None,
         switch_interval: float = SWITCH_INTERVAL,
         python: tuple[int, int] = PYTHON,
+        wakeup: float = 0.0,
+        pick: Callable[[], float] | None = None,
     ) -> None:
         self.env = env
         self.cpu = cpu
         self.switch_interval = switch_interval
         self.python = python  # CPython's version: some library paths depend on it
+        self.wakeup = wakeup  # a parked thread's wake-up by the OS, seconds
+        # Who runs next when the holder drops it: None, the first in line (an
+        # event loop's ready queue); else a uniform draw picks among those
+        # waiting (threads: the OS decides which one gets the GIL).
+        self.pick = pick
         self.busy = False  # someone holds it
         # Who waits to run, in order: the event that resumes each, and the
         # value it resumes with.
         self._ready: deque[tuple[simpy.Event, Any]] = deque()
+        # Since when someone has waited without the holder changing: after
+        # switch_interval of that, the holder is made to drop it.
+        self._waiting_since = 0.0
 
     @property
     def waiting(self) -> int:
@@ -114,14 +128,26 @@ class Interpreter:
         if not self.busy:
             self.busy = True
             return
-        turn = self.env.event()
-        self._ready.append((turn, None))
-        yield turn
+        yield self._join(self.env.event(), None)
+
+    def _join(self, event: simpy.Event, value: Any) -> simpy.Event:
+        if not self._ready:
+            self._waiting_since = self.env.now
+        self._ready.append((event, value))
+        return event
 
     def drop(self) -> None:
         """Stop running Python: the first in line runs next (it stays busy), else it is free."""
-        if self._ready:
-            event, value = self._ready.popleft()
+        ready = self._ready
+        if ready:
+            if self.pick is None or len(ready) == 1:
+                event, value = ready.popleft()
+            else:
+                i = int(self.pick() * len(ready))
+                event, value = ready[i]
+                del ready[i]
+            # A switch: whoever still waits starts a new interval.
+            self._waiting_since = self.env.now
             event.succeed(value)
         else:
             self.busy = False
@@ -134,11 +160,20 @@ class Interpreter:
         loop's ``_ready`` at once): the woken one is in line before anything
         the waker does next, though it runs only when its turn comes.
         """
+        if self.wakeup > 0:
+            # A thread: the OS must first run it (a futex wake), and only
+            # then can it ask for the GIL.  Whoever runs meanwhile goes first.
+            timer = self.env.timeout(self.wakeup)
+            timer.callbacks.append(lambda _t: self._woken(event, value))
+        else:
+            self._woken(event, value)
+
+    def _woken(self, event: simpy.Event, value: Any) -> None:
         if not self.busy:
             self.busy = True
             event.succeed(value)
         else:
-            self._ready.append((event, value))
+            self._join(event, value)
 
     def parked(self, event: simpy.Event) -> Generator[simpy.Event, Any, Any]:
         """Drop the interpreter until someone wakes ``event`` (:meth:`wake`); its value.
@@ -155,23 +190,41 @@ class Interpreter:
             self.drop()
             yield from self.take()
 
+    def work(self, seconds: float, cpu_share: float) -> Steps:
+        """``seconds`` of the client's own time: the waiting part first, then the CPU part.
+
+        The waiting part (a thread's wake-up by the OS, a wait the model does
+        not list) holds neither the interpreter nor a core.
+        """
+        wait = seconds * (1.0 - cpu_share)
+        if wait > 0:
+            yield from self.io(wait)
+        yield from self.compute(seconds - wait)
+
     def compute(self, work: float) -> Steps:
         """Run ``work`` seconds of CPU while holding, with forced switches.
 
-        Work longer than the switch interval is cut into intervals; after
-        each, a thread that others wait for drops the interpreter and waits
-        its turn again, as CPython's forced switch does.
+        CPython's rule (``Python/ceval_gil.c``): a thread that has waited
+        ``switch_interval`` for the GIL without anyone else taking it asks
+        for it, and the holder drops it at its next check and waits its turn
+        again.  So the holder may run at most until an interval after the
+        first waiter joined, however its work is split into calls.  An event
+        loop (``inf``) never preempts.
         """
-        if work <= 0:
-            return
         interval = self.switch_interval
-        while work > interval:
-            yield self._run(interval)
-            work -= interval
-            if self._ready:
-                self.drop()
-                yield from self.take()
-        yield self._run(work)
+        env = self.env
+        while work > 0:
+            if self._ready and interval != math.inf:
+                budget = self._waiting_since + interval - env.now
+                if budget <= 0:
+                    self.drop()
+                    yield from self.take()
+                    continue
+                step = min(work, budget)
+            else:
+                step = work
+            yield self._run(step)
+            work -= step
 
     def _run(self, work: float) -> simpy.Event:
         cpu = self.cpu
@@ -204,9 +257,7 @@ class Interpreter:
         if not self.busy:
             self.busy = True
             return
-        turn = self.env.event()
-        self._ready.append((turn, None))
-        yield turn
+        yield self._join(self.env.event(), None)
 
     def run_blocking(
         self, steps: Generator[simpy.Event, Any, Any]

@@ -54,7 +54,7 @@ Outcome = tuple[int, float | None, float | None, int]
 class Request:
     """One request's state, as the pool and the recorder see it."""
 
-    __slots__ = ("arrival", "waited", "key", "write", "client", "measured", "asked")
+    __slots__ = ("arrival", "waited", "key", "write", "client", "measured", "asked", "woke")
 
     def __init__(self, arrival: float, client: int = -1) -> None:
         self.arrival = arrival
@@ -64,6 +64,10 @@ class Request:
         self.client = client  # the closed-loop client or open-loop user; -1: nobody
         self.measured = False  # it arrived in the measured window
         self.asked: float | None = None  # when it first asked a pool for a connection
+        # Its thread was blocked just before (an arrival, a think time): it
+        # pays the waiting part of its dispatch (a wake-up); a thread that
+        # goes straight on from its previous request does not.
+        self.woke = True
 
 
 class Backend:
@@ -115,6 +119,7 @@ class RequestPath:
         hold: Callable[[], float] | None = None,
         interpreter: Interpreter | None = None,
         leaks: Leaks | None = None,
+        cpu_share: float = 1.0,
     ) -> None:
         self.env = env
         self.recorder = recorder
@@ -122,6 +127,7 @@ class RequestPath:
         self.hold = hold  # the client's own time with the connection; None: free
         self.interpreter = Unlocked(env) if interpreter is None else interpreter
         self.leaks = leaks
+        self.cpu_share = cpu_share
         # Without client costs the waits between the query and the release
         # can be one timeout: nothing runs in between that could take time.
         self._merged = hold is None and leaks is None
@@ -178,7 +184,7 @@ class RequestPath:
             if self.hold is not None:
                 # Client work while the connection is out (driver, result,
                 # return path): after the result is back, before the pool has it.
-                yield from interp.compute(self.hold())
+                yield from interp.work(self.hold(), self.cpu_share)
             leak = 0.0 if self.leaks is None else self.leaks.draw()
             if leak > 0:
                 if request.measured:

@@ -42,6 +42,7 @@ STREAM_NAMES: tuple[str, ...] = (
     "clients",
     "leaks",
     "leak_time",
+    "gil",
 )
 
 _BATCH = 4096

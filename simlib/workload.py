@@ -38,11 +38,11 @@ from simlib.request import Backend, Leaks, Request, RequestPath
 from simlib.scenario import Scenario
 from simlib.streams import Streams
 
-#: A closed-loop client whose request failed without any time passing (a
-#: psycopg2 pool that is exhausted fails at once) pauses this long before the
-#: next try.  A real client spends at least that long raising and handling the
-#: exception; without it a client with no think time would retry forever at
-#: the same simulated instant.
+#: A closed-loop client whose request failed in less than this (a psycopg2
+#: pool that is exhausted fails at once) pauses this long before the next
+#: try, as the live load generator does.  A real client spends at least that
+#: long raising and handling the exception; without it a client with no
+#: think time would retry forever at the same simulated instant.
 FAILED_REQUEST_PAUSE = 0.001
 
 #: What a request's process is: a SimPy generator returning whether it succeeded.
@@ -77,14 +77,19 @@ class Workload:
         client = scenario.client
         self._dispatch = _sampler(streams, "dispatch", client.dispatch)
         self.after = client.after  # CPU after the answer (bookkeeping), seconds
-        service = streams.distribution("service", scenario.query.service_time)
+        self.cpu_share = client.cpu_share
+        draw = streams.distribution("service", scenario.query.service_time)
+        service: Callable[[], float] = draw
+        if scenario.query.sleep_granularity and not scenario.query.cpu_bound:
+            server_time = scenario.query.server_time
+            service = lambda: server_time(draw())  # noqa: E731
         leaks = None
         if client.leak_fraction > 0:
             leaks = Leaks(client.leak_fraction, streams.uniform("leaks"),
                           streams.distribution("leak_time", client.leak_time),
                           client.leak_in_transaction)
         self.path = RequestPath(env, recorder, service, _sampler(streams, "hold", client.hold),
-                                self.interpreter, leaks)
+                                self.interpreter, leaks, client.cpu_share)
         # Requests that arrived in the measured window and are not finished:
         # the run ends when this reaches zero after the window (or at a limit).
         self.pending = 0
@@ -125,28 +130,33 @@ class Workload:
         if thinking:
             yield env.timeout(think())  # clients do not all start at once
         yield from interp.take()
+        woke = True
         while True:
             started = env.now
-            ok = yield from self.serve(client)
+            ok = yield from self.serve(client, woke)
             yield from interp.compute(self.after)
             # Without think time the client goes straight on to its next
             # request *still holding* the interpreter: that is how a thread
             # that just returned a connection takes it again before the
             # waiter it woke can run.
+            woke = True
             if thinking:
                 yield from interp.io(think())
-            elif not ok and env.now == started:
+            elif not ok and env.now - started < FAILED_REQUEST_PAUSE:
                 yield from interp.io(FAILED_REQUEST_PAUSE)
+            else:
+                woke = False
 
     # -- one request --------------------------------------------------------
     def next_key(self) -> tuple[int, bool]:
         """A key from the popularity distribution, and whether this is a write."""
         return int(self._key()), self._write() < self.config.write_fraction
 
-    def begin(self, client: int) -> Request:
+    def begin(self, client: int, woke: bool = True) -> Request:
         """A request arriving now: counted if it is in the window, and in flight."""
         recorder = self.recorder
         request = Request(self.env.now, client)
+        request.woke = woke
         if recorder.start <= request.arrival < recorder.end:
             request.measured = True
             recorder.arrivals += 1
@@ -154,20 +164,27 @@ class Workload:
         recorder.request_started()
         return request
 
-    def serve(self, client: int = -1) -> Serving:
+    def serve(self, client: int = -1, woke: bool = True) -> Serving:
         """Carry one request through checkout, query and return; True if it succeeded (hook).
 
-        ``client``: the closed-loop client sending it (-1: an open arrival).
+        ``client``: the closed-loop client sending it (-1: an open arrival);
+        ``woke``: its thread was blocked just before (see ``Request.woke``).
         The caller holds the interpreter before and after.
         """
-        request = self.begin(client)
+        request = self.begin(client, woke)
         if self._dispatch is not None:
             # The request's own code runs before it asks the pool (handler,
             # library checkout code): no connection held yet.
-            yield from self.interpreter.compute(self._dispatch())
+            yield from self.dispatch(request)
         outcome, got, done, _ = yield from self.path.use(request, self.primary)
         self.finish(request, outcome, got, done)
         return outcome == OK
+
+    def dispatch(self, request: Request) -> Generator[simpy.Event, Any, None]:
+        """The request's ``[client] dispatch`` (the waiting part only if its thread woke)."""
+        assert self._dispatch is not None
+        share = self.cpu_share if request.woke else 1.0
+        yield from self.interpreter.work(self._dispatch(), share)
 
     def finish(
         self, request: Request, outcome: int, got: float | None, query_done: float | None

@@ -188,9 +188,6 @@ CLIENT_UTILISATION = 0.3
 CLIENT_RATE_MAX = 200.0
 #: Measured seconds of the calibration run (after a 0.5 s warm-up).
 CLIENT_SECONDS = 2.0
-#: A closed scenario thinking at least this long between requests is
-#: calibrated with several clients (else with one, which never waits).
-CLOSED_THINK_MIN = 0.01
 
 
 @dataclass(frozen=True)
@@ -287,15 +284,14 @@ def calibrate_client(scenario: Scenario, topology: Topology, network_rtt: float,
     data["workload"] = {**(workload if isinstance(workload, dict) else {}), "write_fraction": 0.0}
     shape: dict[str, object] = {"workload.kind": "open", "workload.rate": rate}
     if scenario.workload.kind == "closed":
-        # The scenario's own loop: the load generator's per-request CPU
-        # differs between its open and closed loops.  One client without
-        # think time (it never waits for the pool or for another's Python);
-        # with think time, as many as keep 30% of the pool busy.
-        clients = 1
-        if scenario.workload.think_time >= CLOSED_THINK_MIN:
-            limit = scenario.pool.connection_limit() or 64
-            clients = max(1, min(scenario.workload.clients, int(CLIENT_UTILISATION * limit)))
-        shape = {"workload.kind": "closed", "workload.clients": clients}
+        # The scenario's own loop (the load generator's per-request CPU
+        # differs between its open and closed loops), with one client and no
+        # think time: it never waits for the pool or for another's Python,
+        # and it keeps its core busy.  A thinking client would leave the core
+        # idle between requests (cold caches, a slower clock) and spread the
+        # probes' fixed CPU per second over few requests: both inflate the
+        # CPU per request that simlib then charges under load.
+        shape = {"workload.kind": "closed", "workload.clients": 1, "workload.think_time": 0.0}
     light = parse_scenario(data, default_name=scenario.name).with_values({
         **shape,
         "workload.duration": CLIENT_SECONDS,

@@ -188,6 +188,10 @@ CLIENT_UTILISATION = 0.3
 CLIENT_RATE_MAX = 200.0
 #: Measured seconds of the calibration run (after a 0.5 s warm-up).
 CLIENT_SECONDS = 2.0
+#: Arrivals per second of the run that measures the process's background CPU.
+IDLE_RATE = 2.0
+#: What each of that run's few requests is assumed to cost (seconds of CPU).
+CPU_PER_IDLE_REQUEST = 0.0005
 
 
 @dataclass(frozen=True)
@@ -204,7 +208,9 @@ class ClientCalibration:
 
     ``cpu_per_request``: the client process's CPU seconds (all its threads:
     the load generator, the pool, the driver, the probes) over the run,
-    divided by the requests it served.  Unlike a wall-clock time this does
+    divided by the requests it served, less its CPU without requests
+    (``background_cores`` x the run's seconds: the probes, the timers, the
+    pool's own threads).  Unlike a wall-clock time this does
     not grow with load, so it is what simlib runs on the process's
     interpreter.  When it is less than ``dispatch`` plus ``hold``, the rest of
     those is waiting (``cpu_share``, the CPU's share of them); when it is
@@ -219,6 +225,7 @@ class ClientCalibration:
     hold: list[float]
     cpu_per_request: float = 0.0
     workload: str = "open"  # the calibration run's shape: the scenario's own
+    background_cores: float = 0.0  # the process's CPU per second without requests
 
     @property
     def wall_per_request(self) -> float:
@@ -246,6 +253,7 @@ class ClientCalibration:
         return {"pool_kind": self.pool_kind, "rate": self.rate, "workload": self.workload,
                 "dispatch": summary(self.dispatch), "hold": summary(self.hold),
                 "cpu_per_request": self.cpu_per_request, "cpu_share": self.cpu_share,
+                "background_cores": self.background_cores,
                 "after": self.after}
 
 
@@ -299,7 +307,20 @@ def calibrate_client(scenario: Scenario, topology: Topology, network_rtt: float,
     })
     result = run_live(light, Topology(topology.primary), drain_limit=10.0)
     served = sum(1 for r in result.records if r.outcome is not None)
-    cpu_s = result.details.get("cpu", {}).get("client_cpu_s")
+    cpu_s, wall_s = _cpu_and_wall(result)
+    # The process's CPU that does not come with requests (the probes'
+    # sampling, the load generator's timers, the pool's own threads), per
+    # second: from a run of the same pool with almost no requests.  Per
+    # request it would shrink as the load grows, so it is taken off.
+    idle = run_live(light.with_values({"workload.kind": "open", "workload.rate": IDLE_RATE,
+                                       "workload.duration": 1.0}),
+                    Topology(topology.primary), drain_limit=5.0)
+    idle_cpu, idle_wall = _cpu_and_wall(idle)
+    idle_served = sum(1 for r in idle.records if r.outcome is not None)
+    background = 0.0
+    if cpu_s is not None and idle_cpu is not None and idle_wall:
+        background = max(0.0, idle_cpu - CPU_PER_IDLE_REQUEST * idle_served) / idle_wall
+        cpu_s = max(0.0, cpu_s - background * (wall_s or 0.0))
     start, end = light.workload.warmup, light.workload.warmup + light.workload.duration
     dispatch, hold = client_samples(result.records, start, end,
                                     charged_round_trips(scenario.pool, network_rtt, operations),
@@ -309,9 +330,17 @@ def calibrate_client(scenario: Scenario, topology: Topology, network_rtt: float,
                                     server_time=live_query(scenario).server_time)
     if not dispatch:
         raise RuntimeError("calibrate_client: no request of the calibration run succeeded")
-    cpu = cpu_s / served if isinstance(cpu_s, int | float) and served else 0.0
+    cpu = cpu_s / served if cpu_s is not None and served else 0.0
     return ClientCalibration(scenario.pool.kind, rate, dispatch, hold, cpu,
-                             light.workload.kind)
+                             light.workload.kind, background)
+
+
+def _cpu_and_wall(result: Any) -> tuple[float | None, float | None]:
+    """The client process's CPU seconds and the wall seconds of one live run."""
+    cpu = result.details.get("cpu", {})
+    c, w = cpu.get("client_cpu_s"), cpu.get("wall_s")
+    return (float(c) if isinstance(c, int | float) else None,
+            float(w) if isinstance(w, int | float) else None)
 
 
 def charged_round_trips(pool: PoolConfig, network_rtt: float,

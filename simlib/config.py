@@ -419,6 +419,10 @@ class Host(Section):
     ``acquire(timeout=...)`` first looks at the pool one turn of the event
     loop later, behind every task already ready.
 
+    ``gil``: False models no turn-taking at all: free-threaded CPython
+    (3.13t), or one process per request; the client's costs then delay only
+    their own request, the textbook's assumption.
+
     ``wakeup``: how long the OS takes to run a thread that a lock or a
     ``threading.Condition`` has woken (a futex wake, then a free core), before
     it can even ask for the GIL.  Threads that are running meanwhile take a
@@ -432,6 +436,7 @@ class Host(Section):
         "python": choice("3.10", "3.11", "3.12", "3.13", "3.14"),
         "wakeup": number(">=", 0),
         "gil_order": choice("fifo", "random"),
+        "gil": flag,
     }
 
     shared_cores: bool = False
@@ -439,6 +444,7 @@ class Host(Section):
     python: str = "3.11"  # the CPython this project pins
     wakeup: float = 0.0  # seconds for the OS to run a thread woken by a lock or condition
     gil_order: str = "fifo"  # which waiting thread gets a dropped GIL: "fifo" or "random"
+    gil: bool = True  # False: no turn-taking (free-threaded CPython, a process per request)
 
     @property
     def python_version(self) -> tuple[int, int]:

@@ -33,7 +33,7 @@ import simpy
 from simlib.access import KeyedWorkload
 from simlib.cache import CacheAside
 from simlib.database import DatabaseServer
-from simlib.interpreter import Interpreter
+from simlib.interpreter import Interpreter, Unlocked
 from simlib.metrics import Recorder
 from simlib.pools import make_pool, pool_kind
 from simlib.replicas import Replica, ReplicaSet
@@ -68,6 +68,8 @@ class Builder:
         """The application process's Python, on the primary's cores when ``[host]`` shares them."""
         s = self.scenario
         asynchronous = pool_kind(s.pool.kind).asynchronous
+        if not s.host.gil and not asynchronous:
+            return Unlocked(self.env)
         return Interpreter(
             self.env,
             cpu=primary.cpu if s.host.shared_cores else None,

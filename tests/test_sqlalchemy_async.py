@@ -150,7 +150,12 @@ def test_model_matches_async_adapted_queue_pool(
 
 def test_the_kind_is_queuepools_model_with_its_own_name():
     kind = pool_kind("sqlalchemy_async")
-    assert kind.model is QueuePoolModel
+    # QueuePool's model, with asyncio's cancelling timeout (and nothing else).
+    assert issubclass(kind.model, QueuePoolModel)
+    assert set(vars(kind.model)) - set(vars(object)) <= {"CANCEL_ON_TIMEOUT", "__doc__",
+                                                        "__module__", "__parameters__",
+                                                        "__orig_bases__"}
+    assert kind.model.CANCEL_ON_TIMEOUT and not QueuePoolModel.CANCEL_ON_TIMEOUT
     assert kind.config.kind == "sqlalchemy_async"
     assert kind.config().connection_limit() == 15  # pool_size 5 + max_overflow 10
     assert "QueuePool" in kind.rules and "`sqlalchemy`" in kind.rules

@@ -308,18 +308,8 @@ def calibrate_client(scenario: Scenario, topology: Topology, network_rtt: float,
     result = run_live(light, Topology(topology.primary), drain_limit=10.0)
     served = sum(1 for r in result.records if r.outcome is not None)
     cpu_s, wall_s = _cpu_and_wall(result)
-    # The process's CPU that does not come with requests (the probes'
-    # sampling, the load generator's timers, the pool's own threads), per
-    # second: from a run of the same pool with almost no requests.  Per
-    # request it would shrink as the load grows, so it is taken off.
-    idle = run_live(light.with_values({"workload.kind": "open", "workload.rate": IDLE_RATE,
-                                       "workload.duration": 1.0}),
-                    Topology(topology.primary), drain_limit=5.0)
-    idle_cpu, idle_wall = _cpu_and_wall(idle)
-    idle_served = sum(1 for r in idle.records if r.outcome is not None)
-    background = 0.0
-    if cpu_s is not None and idle_cpu is not None and idle_wall:
-        background = max(0.0, idle_cpu - CPU_PER_IDLE_REQUEST * idle_served) / idle_wall
+    background = background_cores(light, topology)
+    if cpu_s is not None:
         cpu_s = max(0.0, cpu_s - background * (wall_s or 0.0))
     start, end = light.workload.warmup, light.workload.warmup + light.workload.duration
     dispatch, hold = client_samples(result.records, start, end,
@@ -333,6 +323,24 @@ def calibrate_client(scenario: Scenario, topology: Topology, network_rtt: float,
     cpu = cpu_s / served if cpu_s is not None and served else 0.0
     return ClientCalibration(scenario.pool.kind, rate, dispatch, hold, cpu,
                              light.workload.kind, background)
+
+
+def background_cores(light: Scenario, topology: Topology) -> float:
+    """The client process's CPU per second that does not come with requests.
+
+    The probes' sampling, the load generator's timers, the pool's own
+    threads: measured in a run of the same pool with almost no requests.
+    Per request it would shrink as the load grows, so the calibration takes
+    it off the CPU per request.
+    """
+    idle = run_live(light.with_values({"workload.kind": "open", "workload.rate": IDLE_RATE,
+                                       "workload.duration": 1.0}),
+                    Topology(topology.primary), drain_limit=5.0)
+    cpu, wall = _cpu_and_wall(idle)
+    if cpu is None or not wall:
+        return 0.0
+    served = sum(1 for r in idle.records if r.outcome is not None)
+    return max(0.0, cpu - CPU_PER_IDLE_REQUEST * served) / wall
 
 
 def _cpu_and_wall(result: Any) -> tuple[float | None, float | None]:

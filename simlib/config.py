@@ -172,6 +172,18 @@ class Section:
     def check(self, field: str, given: Mapping[str, object]) -> None:
         """Rules between fields; ``given`` holds the ones the table set (hook)."""
 
+    def without_zeros(self, names: tuple[str, ...]) -> dict[str, object]:
+        """:meth:`to_dict` without the fields of ``names`` left at 0 (off).
+
+        For fields added after scenario files were written: a file that does
+        not set one is written back as it was.
+        """
+        data = Section.to_dict(self)
+        for name in names:
+            if not getattr(self, name):
+                del data[name]
+        return data
+
     def to_dict(self) -> dict[str, object]:
         """The section's fields as a TOML table (``parse`` reads it back unchanged)."""
         table: dict[str, object] = {}
@@ -281,10 +293,7 @@ class Query(Section):
     sleep_granularity: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
-        data = Section.to_dict(self)
-        if not self.sleep_granularity:
-            del data["sleep_granularity"]  # files stay as written
-        return data
+        return self.without_zeros(("sleep_granularity",))
 
     def server_time(self, service: float) -> float:
         """Seconds the server spends on a query drawn as ``service``."""
@@ -316,10 +325,7 @@ class Database(Section):
     idle_in_transaction_session_timeout: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
-        data = Section.to_dict(self)
-        if not self.idle_in_transaction_session_timeout:
-            del data["idle_in_transaction_session_timeout"]  # files stay as written
-        return data
+        return self.without_zeros(("idle_in_transaction_session_timeout",))
 
 
 @dataclass(frozen=True, slots=True)

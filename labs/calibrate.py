@@ -48,6 +48,9 @@ from simlib.pools import PoolConfig
 from simlib.scenario import Scenario, parse_scenario
 
 SLEEP = 0.005
+
+#: Seconds of the failure calibration's measured window (see :func:`failure_cpu`).
+FAILURE_SECONDS = 1.0
 CONNECT_TIMEOUT = 3
 
 #: pg_sleep's step: it waits on its latch in whole milliseconds, rounding up.
@@ -226,6 +229,8 @@ class ClientCalibration:
     cpu_per_request: float = 0.0
     workload: str = "open"  # the calibration run's shape: the scenario's own
     background_cores: float = 0.0  # the process's CPU per second without requests
+    #: CPU seconds per request that got no connection (None: not measured)
+    cpu_per_failure: float | None = None
 
     @property
     def wall_per_request(self) -> float:
@@ -245,6 +250,14 @@ class ClientCalibration:
         """CPU per request beyond dispatch and hold (the process used more than their sum)."""
         return max(0.0, self.cpu_per_request - self.wall_per_request)
 
+    @property
+    def fail(self) -> float:
+        """CPU a failed request spends beyond its dispatch's CPU (``[client] fail``)."""
+        if self.cpu_per_failure is None:
+            return 0.0
+        dispatch_cpu = statistics.fmean(self.dispatch) * self.cpu_share
+        return max(0.0, self.cpu_per_failure - dispatch_cpu)
+
     def to_dict(self) -> dict[str, object]:
         def summary(xs: list[float]) -> dict[str, float | int]:
             return {"mean": statistics.fmean(xs), "median": statistics.median(xs),
@@ -254,7 +267,8 @@ class ClientCalibration:
                 "dispatch": summary(self.dispatch), "hold": summary(self.hold),
                 "cpu_per_request": self.cpu_per_request, "cpu_share": self.cpu_share,
                 "background_cores": self.background_cores,
-                "after": self.after}
+                "after": self.after, "cpu_per_failure": self.cpu_per_failure,
+                "fail": self.fail}
 
 
 def client_rate(scenario: Scenario) -> float:
@@ -306,11 +320,19 @@ def calibrate_client(scenario: Scenario, topology: Topology, network_rtt: float,
         "workload.warmup": 0.5,
     })
     result = run_live(light, Topology(topology.primary), drain_limit=10.0)
-    served = sum(1 for r in result.records if r.outcome is not None)
-    cpu_s, wall_s = _cpu_and_wall(result)
     background = background_cores(light, topology)
-    if cpu_s is not None:
-        cpu_s = max(0.0, cpu_s - background * (wall_s or 0.0))
+    cpu = _cpu_per_request(result, background)
+    busy = concurrency(scenario)
+    if busy > 1:
+        # The CPU per request at the scenario's own concurrency: a process
+        # kept busy by several requests at once spends less per request than
+        # one that idles between them (its core stays warm; one wake-up
+        # serves several ready sockets), 20-30% less here with threads.
+        # Its wall times would hold the waits for the GIL that simlib adds,
+        # so dispatch and hold still come from the one-client run.
+        busy_run = run_live(light.with_values({"workload.clients": busy}),
+                            Topology(topology.primary), drain_limit=10.0)
+        cpu = _cpu_per_request(busy_run, background) or cpu
     start, end = light.workload.warmup, light.workload.warmup + light.workload.duration
     dispatch, hold = client_samples(result.records, start, end,
                                     charged_round_trips(scenario.pool, network_rtt, operations),
@@ -320,9 +342,58 @@ def calibrate_client(scenario: Scenario, topology: Topology, network_rtt: float,
                                     server_time=live_query(scenario).server_time)
     if not dispatch:
         raise RuntimeError("calibrate_client: no request of the calibration run succeeded")
-    cpu = cpu_s / served if cpu_s is not None and served else 0.0
+    failure = None
+    if scenario.pool.checkout_wait() == 0 and scenario.pool.connection_limit() is not None:
+        failure = failure_cpu(light, topology, background)
     return ClientCalibration(scenario.pool.kind, rate, dispatch, hold, cpu,
-                             light.workload.kind, background)
+                             light.workload.kind, background, failure)
+
+
+def concurrency(scenario: Scenario) -> int:
+    """Requests a closed-loop scenario keeps running at once: its clients, up to the pool's limit.
+
+    1 for an open loop, whose calibration runs at its own light rate.
+    """
+    if scenario.workload.kind != "closed":
+        return 1
+    limit = scenario.pool.connection_limit()
+    clients = scenario.workload.clients
+    return clients if limit is None else min(clients, limit)
+
+
+def _cpu_per_request(result: Any, background: float) -> float:
+    """The client process's CPU seconds per served request, less its background (0: unknown)."""
+    served = sum(1 for r in result.records if r.outcome is not None)
+    cpu_s, wall_s = _cpu_and_wall(result)
+    if cpu_s is None or not served:
+        return 0.0
+    return max(0.0, cpu_s - background * (wall_s or 0.0)) / served
+
+
+def failure_cpu(light: Scenario, topology: Topology, background: float) -> float | None:
+    """CPU seconds the client spends per request that gets no connection at once.
+
+    For a pool that never waits (psycopg2's ``getconn`` raises
+    ``PoolError`` when every connection is out): one client in a closed loop
+    whose every request keeps its connection (a leak longer than the run),
+    so after the pool's limit every checkout fails.  What the process uses
+    beyond its background CPU, over the failed requests, is the library's
+    error path, the load generator's handling and the pause after a failure
+    that came at once, which is what simlib charges (dispatch plus ``fail``).
+    """
+    run = light.with_values({"workload.kind": "closed", "workload.clients": 1,
+                             "workload.think_time": 0.0, "workload.duration": FAILURE_SECONDS,
+                             "workload.warmup": 0.5, "client.leak_fraction": 1.0,
+                             "client.leak_time": 4 * FAILURE_SECONDS + 30.0})
+    result = run_live(run, Topology(topology.primary), drain_limit=5.0)
+    failed = sum(1 for r in result.records if r.outcome is not None and r.outcome != OK)
+    cpu_s, wall_s = _cpu_and_wall(result)
+    if cpu_s is None or not failed:
+        return None
+    served = sum(1 for r in result.records if r.outcome == OK)
+    cpu_s -= background * (wall_s or 0.0)
+    # The few that got a connection (the limit's worth) cost what a request does.
+    return max(0.0, cpu_s) / (failed + served)
 
 
 def background_cores(light: Scenario, topology: Topology) -> float:

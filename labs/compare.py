@@ -190,6 +190,7 @@ def _applied(scenario: Scenario, cal: Calibration, client: ClientCalibration | N
         values["client.dispatch"] = samples(client.dispatch, "client dispatch samples")
         values["client.hold"] = samples(client.hold, "client hold samples")
         values["client.after"] = client.after
+        values["client.fail"] = client.fail
         values["client.cpu_share"] = client.cpu_share
     # labs calibrates loopback servers only: the application's Python and
     # Postgres share this machine's cores.

@@ -356,6 +356,13 @@ class Client(Section):
     It is not in the request's latency, but it holds the interpreter, so it
     slows every other request of the process.
 
+    ``fail``: Python a request runs, instead of ``after``, when it got no
+    connection: the library raising its error (psycopg2's ``PoolError``, a
+    timeout, a refusal), the handler catching it and answering with an
+    error.  A storm of requests failing at once is CPU-bound on it: 36
+    threads of psycopg2 failing and retrying keep a GIL busy, and the few
+    requests that do get a connection wait for their turn to run.
+
     ``ping``, ``reset``, ``connect``: Python each of these costs beyond its
     round trips and the server's work, charged only where it happens: a
     pre-ping at checkout, a reset on return, a connection opened (the
@@ -377,6 +384,7 @@ class Client(Section):
         "dispatch": parse_distribution,
         "hold": parse_distribution,
         "after": number(">=", 0),
+        "fail": number(">=", 0),
         "cpu_share": fraction,
         "ping": number(">=", 0),
         "reset": number(">=", 0),
@@ -389,6 +397,7 @@ class Client(Section):
     dispatch: Distribution = Constant(0.0)
     hold: Distribution = Constant(0.0)
     after: float = 0.0
+    fail: float = 0.0
     cpu_share: float = 1.0
     ping: float = 0.0
     reset: float = 0.0

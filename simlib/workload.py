@@ -77,6 +77,7 @@ class Workload:
         client = scenario.client
         self._dispatch = _sampler(streams, "dispatch", client.dispatch)
         self.after = client.after  # CPU after the answer (bookkeeping), seconds
+        self.fail = client.fail  # CPU after a failed checkout, instead of after
         self.cpu_share = client.cpu_share
         draw = streams.distribution("service", scenario.query.service_time)
         service: Callable[[], float] = draw
@@ -117,8 +118,8 @@ class Workload:
         """An open arrival: a thread (or task) that runs one request and ends."""
         interp = self.interpreter
         yield from interp.take()
-        yield from self.serve()
-        yield from interp.compute(self.after)
+        ok = yield from self.serve()
+        yield from interp.compute(self.after if ok else self.fail)
         interp.drop()
 
     def _client(
@@ -134,7 +135,7 @@ class Workload:
         while True:
             started = env.now
             ok = yield from self.serve(client, woke)
-            yield from interp.compute(self.after)
+            yield from interp.compute(self.after if ok else self.fail)
             # Without think time the client goes straight on to its next
             # request *still holding* the interpreter: that is how a thread
             # that just returned a connection takes it again before the

@@ -75,6 +75,9 @@ class AsyncpgPoolConfig(base.PoolConfig):
     def connection_limit(self) -> int:
         return self.max_size
 
+    def checkout_wait(self) -> float:
+        return self.timeout
+
     def round_trips(self) -> base.RoundTrips:
         return base.RoundTrips(release=int(self.reset_on_return))  # the reset query
 

@@ -45,6 +45,8 @@ events (:mod:`simlib.request`).
 
 from __future__ import annotations
 
+import math
+
 from collections import deque
 from collections.abc import Callable, Generator, Sized
 from dataclasses import dataclass
@@ -114,6 +116,10 @@ class PoolConfig(Section):
     def round_trips(self) -> RoundTrips:
         """The round trips it adds around each query (see :class:`RoundTrips`)."""
         return RoundTrips()
+
+    def checkout_wait(self) -> float:
+        """The longest a checkout waits at the limit before it fails (0: at once; inf: forever)."""
+        return math.inf
 
 
 class _Waiter:

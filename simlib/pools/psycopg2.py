@@ -52,6 +52,9 @@ class ThreadedPoolConfig(base.PoolConfig):
     def connection_limit(self) -> int:
         return self.maxconn
 
+    def checkout_wait(self) -> float:
+        return 0.0  # getconn() never waits: PoolError at once
+
     def round_trips(self) -> base.RoundTrips:
         return base.RoundTrips(release=int(self.reset_on_return))
 

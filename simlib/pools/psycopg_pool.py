@@ -85,6 +85,9 @@ class PsycopgPoolConfig(base.PoolConfig):
     def connection_limit(self) -> int:
         return self.effective_max_size
 
+    def checkout_wait(self) -> float:
+        return self.timeout
+
     def round_trips(self) -> base.RoundTrips:
         return base.RoundTrips(release=int(self.reset_on_return))  # the context's COMMIT
 

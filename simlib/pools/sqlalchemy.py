@@ -77,6 +77,9 @@ class QueuePoolConfig(base.PoolConfig):
             return None  # SQLAlchemy: no limit at all
         return self.pool_size + self.max_overflow
 
+    def checkout_wait(self) -> float:
+        return self.pool_timeout
+
     def round_trips(self) -> base.RoundTrips:
         return base.RoundTrips(checkout=int(self.pool_pre_ping), release=int(self.reset_on_return))
 

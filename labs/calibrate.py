@@ -57,9 +57,15 @@ CONNECT_TIMEOUT = 3
 PG_SLEEP_GRANULARITY = 0.001
 
 
-def live_query(scenario: Scenario) -> Any:
-    """The scenario's ``[query]`` as the live run runs it: pg_sleep, in whole milliseconds."""
-    return dataclasses.replace(scenario.query, sleep_granularity=PG_SLEEP_GRANULARITY)
+def live_query(scenario: Scenario, overhead: float = 0.0) -> Any:
+    """The scenario's ``[query]`` as the live run runs it: pg_sleep, in whole milliseconds.
+
+    ``overhead``: the calibrated ``query_overhead``, how much later than its
+    rounded sleep a ``pg_sleep`` answers (a CPU-bound query has none: its
+    overhead is charged with its round trip, :meth:`Calibration.round_trip`).
+    """
+    return dataclasses.replace(scenario.query, sleep_granularity=PG_SLEEP_GRANULARITY,
+                               sleep_overhead=overhead)
 
 
 @dataclass(frozen=True)
@@ -81,10 +87,16 @@ class Calibration:
     def connect_time_median(self) -> float:
         return statistics.median(self.connect_times)
 
-    @property
-    def network_rtt(self) -> float:
-        """What simlib charges per round trip: the rtt plus the server's query overhead."""
-        return self.rtt + self.query_overhead
+    def round_trip(self, scenario: Scenario) -> float:
+        """What simlib charges ``scenario`` per round trip (``database.network_rtt``).
+
+        The plain rtt: a sleeping query's overhead is the server's
+        (``[query] sleep_overhead``), paid once per query and not by a
+        reset's ROLLBACK or a pre-ping.  A CPU-bound query is not a sleep, so
+        its statement's own overhead (calibrated with pg_sleep, the only
+        measure there is) stays with its round trips, as it always was.
+        """
+        return self.rtt + (self.query_overhead if scenario.query.cpu_bound else 0.0)
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -282,6 +294,7 @@ def client_rate(scenario: Scenario) -> float:
 
 
 def calibrate_client(scenario: Scenario, topology: Topology, network_rtt: float, *,
+                     query_overhead: float = 0.0,
                      first_query_extra: float = 0.0,
                      operations: OperationCosts | None = None) -> ClientCalibration:
     """Measure the client's costs with ``scenario``'s pool library at light load.
@@ -339,7 +352,8 @@ def calibrate_client(scenario: Scenario, topology: Topology, network_rtt: float,
                                     checkout=charged_checkout(scenario.pool, network_rtt,
                                                               operations),
                                     first_query=first_query_extra,
-                                    server_time=live_query(scenario).server_time)
+                                    server_time=live_query(scenario,
+                                                           query_overhead).server_time)
     if not dispatch:
         raise RuntimeError("calibrate_client: no request of the calibration run succeeded")
     failure = None

@@ -282,6 +282,7 @@ class Query(Section):
         "service_time": parse_distribution,
         "cpu_bound": flag,
         "sleep_granularity": number(">=", 0),
+        "sleep_overhead": number(">=", 0),
     }
 
     service_time: Distribution = Exponential(0.005)
@@ -291,16 +292,27 @@ class Query(Section):
     # (misc.c: delay_ms = ceil(delay * 1000)), so pg_sleep(0.0023) takes 3 ms.
     # The labs' live queries are pg_sleep; 0 = the service time exactly.
     sleep_granularity: float = 0.0
+    # How much later than its rounded sleep a sleeping query's answer leaves
+    # the server: the statement's parse, plan and start, and the backend's
+    # timer waking late (the latch's epoll timeout and the scheduler).  Not
+    # part of a round trip: a ROLLBACK or a pre-ping's SELECT does not sleep.
+    sleep_overhead: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
-        return self.without_zeros(("sleep_granularity",))
+        return self.without_zeros(("sleep_granularity", "sleep_overhead"))
+
+    @property
+    def sleeps(self) -> bool:
+        """The server time differs from the drawn service time (a rounded or late sleep)."""
+        return not self.cpu_bound and bool(self.sleep_granularity or self.sleep_overhead)
 
     def server_time(self, service: float) -> float:
         """Seconds the server spends on a query drawn as ``service``."""
-        g = self.sleep_granularity
-        if not g or self.cpu_bound or service <= 0:
+        if self.cpu_bound or service <= 0:
             return service
-        return math.ceil(service / g - 1e-9) * g
+        g = self.sleep_granularity
+        slept = math.ceil(service / g - 1e-9) * g if g else service
+        return slept + self.sleep_overhead
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,12 +440,6 @@ class Host(Section):
     keep the GIL while another waits before it is made to drop it.  An
     asyncio pool's tasks share one event loop, which never preempts.
 
-    ``python``: the CPython version the application runs.  Library code
-    that decides who gets a connection differs by version: before 3.12,
-    ``asyncio.wait_for`` runs its awaitable in a new task, so asyncpg's
-    ``acquire(timeout=...)`` first looks at the pool one turn of the event
-    loop later, behind every task already ready.
-
     ``gil``: False models no turn-taking at all: free-threaded CPython
     (3.13t), or one process per request; the client's costs then delay only
     their own request, the textbook's assumption.
@@ -448,7 +454,6 @@ class Host(Section):
     RULES: ClassVar[Mapping[str, Rule]] = {
         "shared_cores": flag,
         "switch_interval": number(">", 0),
-        "python": choice("3.10", "3.11", "3.12", "3.13", "3.14"),
         "wakeup": number(">=", 0),
         "gil_order": choice("fifo", "random"),
         "gil": flag,
@@ -456,12 +461,6 @@ class Host(Section):
 
     shared_cores: bool = False
     switch_interval: float = 0.005  # CPython's default
-    python: str = "3.11"  # the CPython this project pins
     wakeup: float = 0.0  # seconds for the OS to run a thread woken by a lock or condition
     gil_order: str = "fifo"  # which waiting thread gets a dropped GIL: "fifo" or "random"
     gil: bool = True  # False: no turn-taking (free-threaded CPython, a process per request)
-
-    @property
-    def python_version(self) -> tuple[int, int]:
-        major, minor = self.python.split(".")
-        return int(major), int(minor)

@@ -68,8 +68,6 @@ Steps = Generator[simpy.Event, Any, None]
 #: CPython's default ``sys.getswitchinterval()``, seconds.
 SWITCH_INTERVAL = 0.005
 
-#: The CPython the project pins (constraints.txt), unless ``[host] python`` says otherwise.
-PYTHON = (3, 11)
 
 
 class Interpreter:
@@ -78,14 +76,12 @@ class Interpreter:
     ``cpu``: the cores its Python runs on when they are shared (None: a core
     of its own, at full speed).  ``switch_interval``: how long a thread may
     hold on while another waits (``inf`` for an event loop, which never
-    preempts).  ``python``: the CPython version, for the library code that
-    differs by version (asyncio's ``wait_for`` runs its awaitable in a new
-    task before 3.12, inline from 3.12).  ``wakeup``: how long a thread
+    preempts).  ``wakeup``: how long a thread
     parked on a lock or a condition takes to run once woken (the OS
     scheduling it); 0 for tasks, whose wake-up is a callback on the loop.
     """
 
-    __slots__ = ("env", "cpu", "switch_interval", "python", "wakeup", "pick", "busy", "_ready",
+    __slots__ = ("env", "cpu", "switch_interval", "wakeup", "pick", "busy", "_ready",
                  "_waiting_since")
 
     def __init__(
@@ -93,14 +89,12 @@ class Interpreter:
         env: simpy.Environment,
         cpu: ProcessorSharing | None = None,
         switch_interval: float = SWITCH_INTERVAL,
-        python: tuple[int, int] = PYTHON,
         wakeup: float = 0.0,
         pick: Callable[[], float] | None = None,
     ) -> None:
         self.env = env
         self.cpu = cpu
         self.switch_interval = switch_interval
-        self.python = python  # CPython's version: some library paths depend on it
         self.wakeup = wakeup  # a parked thread's wake-up by the OS, seconds
         # Who runs next when the holder drops it: None, the first in line (an
         # event loop's ready queue); else a uniform draw picks among those
@@ -137,20 +131,49 @@ class Interpreter:
         return event
 
     def drop(self) -> None:
-        """Stop running Python: the first in line runs next (it stays busy), else it is free."""
+        """Stop running Python: wake the first in line, else it is free.
+
+        An event loop (``wakeup`` 0) runs the next ready callback at once.  A
+        thread's GIL follows ``Python/ceval_gil.c``: ``drop_gil`` unlocks it
+        and signals one waiter, who must first be run by the OS (``wakeup``)
+        before it can lock it.  Meanwhile the GIL is free, and a thread that
+        asks for it then (one whose socket or sleep just returned) takes it
+        at once; the signalled one then finds it taken and waits again, at
+        the back.  That is how a busy process's threads overtake each other.
+        """
         ready = self._ready
         if ready:
-            if self.pick is None or len(ready) == 1:
-                event, value = ready.popleft()
-            else:
-                i = int(self.pick() * len(ready))
-                event, value = ready[i]
-                del ready[i]
+            event, value = self._next()
             # A switch: whoever still waits starts a new interval.
             self._waiting_since = self.env.now
-            event.succeed(value)
+            if self.wakeup > 0:
+                self.busy = False
+                timer = self.env.timeout(self.wakeup)
+                timer.callbacks.append(lambda _t: self._woken(event, value))
+            else:
+                event.succeed(value)
         else:
             self.busy = False
+
+    def _next(self) -> tuple[simpy.Event, Any]:
+        ready = self._ready
+        if self.pick is None or len(ready) == 1:
+            return ready.popleft()
+        i = int(self.pick() * len(ready))
+        chosen = ready[i]
+        del ready[i]
+        return chosen
+
+    def _hand_over(self) -> None:
+        """A forced switch: the holder waits until the first in line has the GIL.
+
+        ``FORCE_SWITCHING`` in ``drop_gil``: the thread made to drop it
+        blocks until another thread took it, so it cannot take it back; the
+        one waiting longest gets it (it asked for the drop).
+        """
+        event, value = self._next()
+        self._waiting_since = self.env.now
+        event.succeed(value)
 
     def wake(self, event: simpy.Event, value: Any = None) -> None:
         """End a parked wait (:meth:`parked`): its process joins the line *now*.
@@ -208,8 +231,10 @@ class Interpreter:
         ``switch_interval`` for the GIL without anyone else taking it asks
         for it, and the holder drops it at its next check and waits its turn
         again.  So the holder may run at most until an interval after the
-        first waiter joined, however its work is split into calls.  An event
-        loop (``inf``) never preempts.
+        first waiter joined, however its work is split into calls.  (A waiter
+        that joins while a step runs is seen when the step ends; without
+        waiters, steps are one interval long, so that is at most an interval
+        late.)  An event loop (``inf``) never preempts.
         """
         interval = self.switch_interval
         env = self.env
@@ -217,12 +242,12 @@ class Interpreter:
             if self._ready and interval != math.inf:
                 budget = self._waiting_since + interval - env.now
                 if budget <= 0:
-                    self.drop()
+                    self._hand_over()
                     yield from self.take()
                     continue
                 step = min(work, budget)
             else:
-                step = work
+                step = min(work, interval)
             yield self._run(step)
             work -= step
 

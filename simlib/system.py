@@ -74,7 +74,6 @@ class Builder:
             self.env,
             cpu=primary.cpu if s.host.shared_cores else None,
             switch_interval=math.inf if asynchronous else s.host.switch_interval,
-            python=s.host.python_version,
             wakeup=0.0 if asynchronous else s.host.wakeup,
             pick=(None if asynchronous or s.host.gil_order == "fifo"
                   else self.streams.uniform("gil")),

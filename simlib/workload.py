@@ -81,7 +81,7 @@ class Workload:
         self.cpu_share = client.cpu_share
         draw = streams.distribution("service", scenario.query.service_time)
         service: Callable[[], float] = draw
-        if scenario.query.sleep_granularity and not scenario.query.cpu_bound:
+        if scenario.query.sleeps:
             server_time = scenario.query.server_time
             service = lambda: server_time(draw())  # noqa: E731
         leaks = None

@@ -64,7 +64,9 @@ def test_predicted_scenario_uses_the_calibration():
     p = predicted_scenario(scenario, cal)
     assert isinstance(p.database.connect_time, Empirical)
     assert sorted(p.database.connect_time.samples) == [0.003, 0.004, 0.005]
-    assert p.database.network_rtt == pytest.approx(0.0003)
+    assert p.database.network_rtt == pytest.approx(0.0001)  # the overhead is the query's
+    assert p.query.sleep_overhead == pytest.approx(0.0002)
+    assert p.query.server_time(0.0043) == pytest.approx(0.0052)  # ceil to 5 ms, + overhead
     assert p.pool == scenario.pool
     assert p.client == scenario.client  # no client calibration: a free client
 

@@ -4,7 +4,8 @@ Each test runs one deterministic closed loop twice, request for request:
 
 * on the **real** library code that hands connections out (SQLAlchemy's
   ``QueuePool`` on its ``threading.Condition`` queue; asyncpg's holder queue,
-  an ``asyncio.LifoQueue``, under ``asyncio.wait_for``; SQLAlchemy's
+  an ``asyncio.LifoQueue``, under asyncpg's ``compat.wait_for``, with its
+  shielded release; SQLAlchemy's
   ``AsyncAdaptedQueuePool`` on ``asyncio.Queue``; psycopg_pool's
   ``ConnectionPool`` with its ``WaitingClient``), on a virtual clock with
   deterministic turns (tests/handoff_harness.py);
@@ -231,9 +232,13 @@ def real_psycopg_pool(params: dict[str, Any], loop: Loop, monkeypatch: pytest.Mo
 def real_asyncpg_queue(max_size: int, timeout: float | None, loop: Loop) -> list[Row]:
     """The loop on asyncpg's own holder queue, as ``Pool._acquire`` takes from it.
 
-    With a timeout, inside ``asyncio.wait_for`` (``compat.wait_for``);
-    without one (asyncpg's default), awaited inline.
+    With a timeout, inside asyncpg's own ``compat.wait_for`` (on Python 3.11
+    its backport, ``async with timeout(...)``: inline, like 3.12's
+    ``asyncio.wait_for``); without one (asyncpg's default), awaited inline.
+    A release is ``Pool.release``'s ``await asyncio.shield(ch.release())``:
+    the reset query and the push run in a task of their own.
     """
+    from asyncpg import compat
     from asyncpg.pool import _PoolConnectionHolderQueue
 
     ev = VirtualClockLoop()
@@ -244,6 +249,11 @@ def real_asyncpg_queue(max_size: int, timeout: float | None, loop: Loop) -> list
         for _ in range(max_size):
             queue.put_nowait(FakeHolder())
 
+        async def release(holder: FakeHolder) -> None:
+            # PoolConnectionHolder.release: the reset query, then _release()
+            await asyncio.sleep(RTT)
+            queue.put_nowait(holder)
+
         async def client(c: int) -> None:
             while ev.time() < loop.until:
                 asked = ev.time()
@@ -251,15 +261,14 @@ def real_asyncpg_queue(max_size: int, timeout: float | None, loop: Loop) -> list
                     if timeout is None:
                         holder = await queue.get()
                     else:
-                        holder = await asyncio.wait_for(queue.get(), timeout)
+                        holder = await compat.wait_for(queue.get(), timeout)
                 except TimeoutError:
                     rows.append((c, asked, ev.time(), False, True))
                     await asyncio.sleep(PAUSE)
                     continue
                 got = ev.time()
                 await asyncio.sleep(loop.service(c))
-                await asyncio.sleep(RTT)  # the reset query, before the holder goes back
-                queue.put_nowait(holder)
+                await asyncio.shield(release(holder))
                 rows.append((c, asked, got, True, got > asked))
                 if loop.think:
                     await asyncio.sleep(loop.think_time(c))
@@ -373,7 +382,7 @@ def test_queuepool_without_think_time_starves_and_times_out(
 
 @pytest.mark.parametrize("name", list(LOOPS))
 def test_asyncpg_hand_off_is_asyncpgs(name: str) -> None:
-    """``acquire(timeout=0.25)``: on Python 3.11 ``wait_for`` adds a turn of the loop."""
+    """``acquire(timeout=0.25)``: ``compat.wait_for`` is inline; the release is shielded."""
     loop = LOOPS[name]
     real = real_asyncpg_queue(max_size=3, timeout=0.25, loop=loop)
     model = simulate("asyncpg", {"min_size": 3, "max_size": 3, "timeout": 0.25}, loop)
@@ -383,7 +392,7 @@ def test_asyncpg_hand_off_is_asyncpgs(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(LOOPS))
 def test_asyncpg_without_timeout_hand_off_is_asyncpgs(name: str) -> None:
-    """``acquire()`` (asyncpg's default): the queue is awaited inline, so releasers barge."""
+    """``acquire()`` (asyncpg's default): the same hand-off as with a timeout."""
     loop = LOOPS[name]
     real = real_asyncpg_queue(max_size=3, timeout=None, loop=loop)
     model = simulate("asyncpg", {"min_size": 3, "max_size": 3}, loop)
@@ -391,11 +400,21 @@ def test_asyncpg_without_timeout_hand_off_is_asyncpgs(name: str) -> None:
     assert overtaken(real) == overtaken(model)
 
 
-def test_asyncpg_without_timeout_and_think_time_starves() -> None:
-    """asyncpg issue 1247's shape: three tasks keep the three connections."""
+@pytest.mark.parametrize("timeout", [None, 0.25])
+def test_asyncpg_shielded_release_does_not_starve(timeout: float | None) -> None:
+    """Unlike QueuePool's loop above, asyncpg's serves every client, in order.
+
+    ``Pool.release`` resumes the releaser two loop turns after the push, so
+    with Python that costs nothing the woken getter always runs first: no
+    one is overtaken and no one times out.  Live, the tasks' Python fills
+    the ready queue, and a releaser already in it can take the holder (the
+    validate suite's asyncpg rows).
+    """
     loop = LOOPS["no think, 10x clients"]
-    real = real_asyncpg_queue(max_size=3, timeout=None, loop=loop)
-    assert {r[0] for r in real} == {0, 1, 2}
+    real = real_asyncpg_queue(max_size=3, timeout=timeout, loop=loop)
+    assert {r[0] for r in real if r[3]} == set(range(loop.clients))
+    assert all(r[3] for r in real)
+    assert overtaken(real) == 0.0
 
 
 @pytest.mark.parametrize("name", list(LOOPS))

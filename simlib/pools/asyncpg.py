@@ -11,11 +11,13 @@
   queue: ``asyncio.Queue``'s hand-off, where a release wakes the first
   getter but a task that runs before it takes the holder, and the woken
   getter waits again at the back (:class:`~simlib.pools.base.NotifyQueue`;
-  asyncpg issue 1247).  With a timeout, ``asyncio.wait_for`` bounds the
-  whole acquire, *including* a lazy connect; on expiry it raises
-  ``asyncio.TimeoutError``.
-* Release resets the connection (one round trip for the reset query) and
-  pushes the holder back.  A connection that has served ``max_queries``
+  asyncpg issue 1247).  With a timeout, ``compat.wait_for`` (inline: asyncpg's
+  backport of 3.12's ``asyncio.timeout`` form) bounds the whole acquire,
+  *including* a lazy connect; on expiry it raises ``asyncio.TimeoutError``.
+* Release is ``asyncio.shield(ch.release())``: a task of its own resets the
+  connection (one round trip for the reset query) and pushes the holder
+  back, and the releasing task resumes two loop turns after the push, behind
+  the getter it woke.  A connection that has served ``max_queries``
   queries is closed instead, and its holder reconnects on its next acquire.
 * A connection idle for ``max_inactive_connection_lifetime`` seconds is
   closed (its holder stays and reconnects on demand); this applies to every
@@ -112,12 +114,12 @@ class AsyncpgPoolModel(base.PoolModel[AsyncpgPoolConfig]):
         env = self.env
         timeout = self.config.timeout
         deadline = env.now + timeout
-        if timeout != INF and self.interpreter.python < (3, 12):
-            # compat.wait_for is asyncio.wait_for, which before Python 3.12
-            # wraps _acquire_impl() in a new task: its first look at the
-            # queue waits behind every task already ready, a woken getter
-            # included.  Without a timeout (the default) it is awaited inline.
-            yield from self.interpreter.next_turn()
+        # compat.wait_for awaits _acquire_impl() inline on every Python this
+        # project runs: asyncio.wait_for from 3.12, and before that asyncpg's
+        # own backport (_asyncio_compat.wait_for: ``async with
+        # timeout(...)``), not the task-wrapping asyncio.wait_for of 3.11.
+        # So a task that asks while a released holder waits for its woken
+        # getter takes it, with or without a timeout.
         if not self.stack:
             # await self._queue.get() inside wait_for(timeout): the asyncio.Queue
             # hand-off (a task that runs first takes a released holder).
@@ -168,10 +170,29 @@ class AsyncpgPoolModel(base.PoolModel[AsyncpgPoolConfig]):
         return stack.pop()
 
     def reset_delay(self, conn: Connection) -> float:
-        # A connection past max_queries is closed without a reset.
-        return 0.0 if conn.queries >= self.config.max_queries else self.reset
+        # None on the request's path: release() resets, in the shielded task.
+        return 0.0
 
     def release(self, conn: Connection) -> base.Release:
+        # Pool.release is ``await asyncio.shield(ch.release(timeout))``: the
+        # reset and the push run in a task of their own, which starts one
+        # turn of the loop later; the releasing task resumes only when that
+        # task's done callback has set the shield's outer future, two turns
+        # after the push.  So the getter the push wakes runs first: the
+        # releaser cannot take its own holder back, but tasks already ready
+        # (other releasers about to ask again) can.
+        interpreter = self.interpreter
+        yield from interpreter.next_turn()
+        # The reset query; a connection past max_queries is closed without one.
+        if self.reset and conn.queries < self.config.max_queries and not conn.closed:
+            yield from interpreter.compute(self.reset_cpu)
+            yield from self.io(self.reset)
+        self._give_back(conn)
+        yield from interpreter.next_turn()
+        yield from interpreter.next_turn()
+
+    def _give_back(self, conn: Connection) -> None:
+        """``PoolConnectionHolder.release``: closed after ``max_queries``, else idle again."""
         holder = self.in_use.pop(id(conn))
         if conn.queries >= self.config.max_queries:
             self.server.close(conn)
@@ -181,8 +202,6 @@ class AsyncpgPoolModel(base.PoolModel[AsyncpgPoolConfig]):
             timer = self.env.timeout(self.inactive_limit)
             timer.callbacks.append(lambda _t: self._maybe_deactivate(holder, released))
         self._push(holder)
-        return
-        yield
 
     def discard(self, conn: Connection) -> base.Release:
         # Already given back when the session was lost (_lost); release()

@@ -46,7 +46,6 @@ events (:mod:`simlib.request`).
 from __future__ import annotations
 
 import math
-
 from collections import deque
 from collections.abc import Callable, Generator, Sized
 from dataclasses import dataclass

@@ -210,3 +210,43 @@ def test_overtaken_counts_non_fifo_hand_offs():
     assert out == {"waited": 2, "overtaken": 1, "share": 0.5}
     fifo = overtaken([a, c], 0.0, 10.0)
     assert fifo["overtaken"] == 0
+
+
+def _validate_doc(passed: dict[str, bool], busy: float = 0.0) -> dict:
+    checks = [{"metric": "throughput_rps", "predicted": 103.0, "measured": 100.0,
+               "passed": passed["throughput_rps"]},
+              {"metric": "overtaken_ratio", "predicted": 0.3, "measured": 0.5,
+               "passed": passed["overtaken_ratio"]},
+              {"metric": "cache_hit_ratio", "predicted": None, "measured": None, "passed": None}]
+    met = sum(passed.values())
+    return {"executor": "labs-validate",
+            "goals": [{"metric": g.metric, "kind": g.kind, "tolerance": g.tolerance}
+                      for g in GOALS],
+            "host_busy_cores_before": busy,
+            "calibration": {"rtt": 2e-5, "query_overhead": 2.5e-4},
+            "rows": [{"scenario": "near", "checks": checks, "passed": met, "goals": 2}],
+            "summary": {"goals_met": met, "goals": 2, "scenarios": 1}}
+
+
+def test_validate_summary_counts_runs_metrics_and_errors(tmp_path):
+    runs = [_validate_doc({"throughput_rps": True, "overtaken_ratio": False}),
+            _validate_doc({"throughput_rps": True, "overtaken_ratio": False}),
+            _validate_doc({"throughput_rps": False, "overtaken_ratio": False})]
+    paths = []
+    for i, doc in enumerate(runs, 1):
+        paths.append(tmp_path / f"run{i}.json")
+        paths[-1].write_text(json.dumps(doc))
+    tool = ROOT / "bench" / "validate_summary.py"
+    out = subprocess.run([sys.executable, tool, *map(str, paths)], capture_output=True,
+                         text=True, check=True).stdout
+    assert "| run1 | 1 / 2 | 50.0% |" in out and "| run3 | 0 / 2 | 0.0% |" in out
+    assert "All runs: **2 of 6 goals (33.3%)**" in out
+    assert "| throughput_rps | 5% | 2 / 3 | +3% | 3% |" in out  # (103 - 100) / 100
+    assert "| overtaken_ratio | 0.1 abs | 0 / 3 | -0.2 | 0.2 |" in out
+    assert "cache_hit_ratio" not in out  # not a goal of that scenario
+    assert "Missed in every run: near overtaken_ratio." in out
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    wrong = subprocess.run([sys.executable, tool, str(bad)], capture_output=True, text=True)
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1
+    assert "not a `labs validate --json` document" in wrong.stderr

@@ -472,7 +472,8 @@ def client_samples(records: Sequence[Record], start: float, end: float, charged:
     """Per-request client costs in a run's records: (dispatch, hold) samples.
 
     Successful requests scheduled in ``[start, end)`` that used a connection
-    (a cache hit has none).  Dispatch only from requests that did not wait
+    (a cache hit has none) and gave it back themselves (not a leak).  Dispatch
+    only from requests that did not wait
     for the pool (a wait is the pool's doing, not the client's), minus any
     connect the request paid itself or else the ``checkout`` charge (the
     pre-ping simlib adds to a pooled connection), and not from reads that
@@ -487,6 +488,10 @@ def client_samples(records: Sequence[Record], start: float, end: float, charged:
     hold: list[float] = []
     for r in records:
         if not (start <= r.scheduled < end) or r.outcome != OK or r.got is None:
+            continue
+        if r.leaked:
+            # Its connection went back leak seconds later, through the closer:
+            # that is the scenario's leak_time, not the client's own cost.
             continue
         opened = r.connect_s > 0
         if not r.waited and not (cached and r.key >= 0 and not r.write):

@@ -127,10 +127,13 @@ def test_client_samples_subtract_what_simlib_charges():
         _rec(3, 4.0, 4.0002, 4.0002, 0.005, outcome=TIMEOUT),  # failed: ignored
         _rec(4, 9.0, 9.0003, 9.0063, 0.005),  # outside the window
     ]
+    leaked = _rec(5, 5.0, 5.0003, 6.5063, 0.005)  # its connection came back 1.5 s later
+    leaked.leaked = True
+    recs.append(leaked)
     charged = 0.0002
     dispatch, hold = client_samples(recs, 0.5, 8.0, charged)
     assert dispatch == pytest.approx([0.0003, 0.0003])
-    assert hold == pytest.approx([0.0008, 0.0008, 0.0008])
+    assert hold == pytest.approx([0.0008, 0.0008, 0.0008])  # no sample from the leak
 
 
 def test_client_samples_leave_out_the_pre_ping_and_the_cold_first_query():

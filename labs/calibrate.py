@@ -334,18 +334,8 @@ def calibrate_client(scenario: Scenario, topology: Topology, network_rtt: float,
     })
     result = run_live(light, Topology(topology.primary), drain_limit=10.0)
     background = background_cores(light, topology)
-    cpu = _cpu_per_request(result, background)
-    busy = concurrency(scenario)
-    if busy > 1:
-        # The CPU per request at the scenario's own concurrency: a process
-        # kept busy by several requests at once spends less per request than
-        # one that idles between them (its core stays warm; one wake-up
-        # serves several ready sockets), 20-30% less here with threads.
-        # Its wall times would hold the waits for the GIL that simlib adds,
-        # so dispatch and hold still come from the one-client run.
-        busy_run = run_live(light.with_values({"workload.clients": busy}),
-                            Topology(topology.primary), drain_limit=10.0)
-        cpu = _cpu_per_request(busy_run, background) or cpu
+    cpu = busy_cpu(light, concurrency(scenario), topology, background) or _cpu_per_request(
+        result, background)
     start, end = light.workload.warmup, light.workload.warmup + light.workload.duration
     dispatch, hold = client_samples(result.records, start, end,
                                     charged_round_trips(scenario.pool, network_rtt, operations),
@@ -361,6 +351,22 @@ def calibrate_client(scenario: Scenario, topology: Topology, network_rtt: float,
         failure = failure_cpu(light, topology, background)
     return ClientCalibration(scenario.pool.kind, rate, dispatch, hold, cpu,
                              light.workload.kind, background, failure)
+
+
+def busy_cpu(light: Scenario, busy: int, topology: Topology, background: float) -> float:
+    """The CPU per request with ``busy`` clients of ``light``'s closed loop (0: not run).
+
+    A process kept busy by several requests at once spends less per request
+    than one that idles between them (its core stays warm; one wake-up serves
+    several ready sockets), 20-30% less here with threads.  Its wall times
+    would hold the waits for the GIL that simlib adds, so dispatch and hold
+    still come from the one-client run.
+    """
+    if busy <= 1:
+        return 0.0
+    run = run_live(light.with_values({"workload.clients": busy}),
+                   Topology(topology.primary), drain_limit=10.0)
+    return _cpu_per_request(run, background)
 
 
 def concurrency(scenario: Scenario) -> int:

@@ -406,14 +406,12 @@ def failure_cpu(light: Scenario, topology: Topology, background: float) -> float
                              "workload.warmup": 0.5, "client.leak_fraction": 1.0,
                              "client.leak_time": 4 * FAILURE_SECONDS + 30.0})
     result = run_live(run, Topology(topology.primary), drain_limit=5.0)
-    failed = sum(1 for r in result.records if r.outcome is not None and r.outcome != OK)
-    cpu_s, wall_s = _cpu_and_wall(result)
-    if cpu_s is None or not failed:
+    if not any(r.outcome is not None and r.outcome != OK for r in result.records):
         return None
-    served = sum(1 for r in result.records if r.outcome == OK)
-    cpu_s -= background * (wall_s or 0.0)
-    # The few that got a connection (the limit's worth) cost what a request does.
-    return max(0.0, cpu_s) / (failed + served)
+    # Over every request: the few that got a connection (the limit's worth)
+    # cost what a request does.
+    cpu = _cpu_per_request(result, background)
+    return cpu if _cpu_and_wall(result)[0] is not None else None
 
 
 def background_cores(light: Scenario, topology: Topology) -> float:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import psycopg2
 import psycopg2.errors
 import redis
@@ -468,10 +469,27 @@ def charged_checkout(pool: PoolConfig, network_rtt: float,
     return (network_rtt + cpu) * pings
 
 
+def _queued_for_thread(records: Sequence[Record],
+                       threads: int | None) -> Callable[[Record], bool]:
+    """Whether a request found all ``threads`` busy when it was scheduled (None: never)."""
+    if threads is None:
+        return lambda r: False
+    began = np.sort([r.started for r in records if r.started is not None])
+    ended = np.sort([r.finished for r in records if r.finished is not None])
+
+    def queued(r: Record) -> bool:
+        t = r.scheduled
+        busy = np.searchsorted(began, t, side="left") - np.searchsorted(ended, t, side="left")
+        return bool(busy >= threads)
+
+    return queued
+
+
 def client_samples(records: Sequence[Record], start: float, end: float, charged: float,
                    cached: bool = False, *, checkout: float = 0.0,
                    first_query: float = 0.0,
                    server_time: Callable[[float], float] = float,
+                   threads: int | None = None,
                    ) -> tuple[list[float], list[float]]:
     """Per-request client costs in a run's records: (dispatch, hold) samples.
 
@@ -487,9 +505,13 @@ def client_samples(records: Sequence[Record], start: float, end: float, charged:
     (the cold backend's extra, where the connect times already include it).
     ``server_time`` turns a drawn service time into what the server spent
     (``Query.server_time``: ``pg_sleep`` sleeps whole milliseconds).
+    ``threads``: an open loop's worker threads; dispatch leaves out the
+    requests that found them all busy, whose wait in the executor's queue
+    simlib simulates (``[host] threads``) rather than charges.
     """
     dispatch: list[float] = []
     hold: list[float] = []
+    queued = _queued_for_thread(records, threads)
     for r in records:
         if not (start <= r.scheduled < end) or r.outcome != OK or r.got is None:
             continue
@@ -498,7 +520,7 @@ def client_samples(records: Sequence[Record], start: float, end: float, charged:
             # that is the scenario's leak_time, not the client's own cost.
             continue
         opened = r.connect_s > 0
-        if not r.waited and not (cached and r.key >= 0 and not r.write):
+        if not r.waited and not queued(r) and not (cached and r.key >= 0 and not r.write):
             dispatch.append(max(0.0, r.got - r.scheduled - r.connect_s
                                 - (0.0 if opened else checkout)))
         released = r.released if r.released is not None else r.got

@@ -66,6 +66,7 @@ from labs.topology import Topology
 from simlib.metrics import prediction_interval
 from simlib.scenario import Scenario
 from simlib.simulation import SimulationResult, simulate
+from simlib.workload import open_loop_threads
 
 
 def _num(x: object) -> float | None:
@@ -242,7 +243,8 @@ class Comparison:
                                         cached=scenario.cache is not None,
                                         checkout=charged_checkout(scenario.pool, rtt, ops),
                                         server_time=live_query(
-                                            scenario, self.calibration.query_overhead).server_time)
+                                            scenario, self.calibration.query_overhead).server_time,
+                                        threads=open_loop_threads(scenario))
         summary = {"connect_ms": _mean_ms(live.connect_durations),
                    "dispatch_ms": _mean_ms(dispatch), "hold_ms": _mean_ms(hold)}
         values: dict[str, object] = {}

@@ -84,7 +84,7 @@ from labs.records import Record, RunContext
 from labs.steps import Steps, run, run_async
 from simlib.scenario import Scenario
 from simlib.streams import _BATCH, STREAM_NAMES, Sampler, Streams, generator
-from simlib.workload import FAILED_REQUEST_PAUSE
+from simlib.workload import FAILED_REQUEST_PAUSE, default_threads
 
 __all__ = [
     "LeakDraws",
@@ -145,17 +145,17 @@ class LeakDraws:
         return self.time() if self.uniform() < self.fraction else 0.0
 
 
-def thread_count(limit: int | None, kind: str, clients: int) -> int:
-    """Worker threads for an open loop: min(256, max(32, 4 x the pool's connection limit)).
+def thread_count(limit: int | None, kind: str, clients: int, threads: int = 0) -> int:
+    """Worker threads: one per client in a closed loop; for an open loop ``threads``
+    (``[host] threads``) or simlib's rule, min(256, max(32, 4 x the connection limit)).
 
-    Four threads per connection the pool may hold leaves room for requests
-    queueing inside the pool (where the library makes them wait) without
-    the executor's own queue delaying dispatch; the cap keeps the GIL and
-    memory in check.  A closed loop uses exactly one thread per client.
+    The simulator serves an open loop with the same number of threads
+    (:func:`simlib.workload.open_loop_threads`), so requests queue for a
+    thread in both executors alike.
     """
     if kind == "closed":
         return clients
-    return min(256, max(32, 4 * (limit or 64)))
+    return threads or default_threads(limit)
 
 
 def event_loop_name() -> str:
@@ -605,7 +605,8 @@ def drive(
         load = Load(driver, ctx, scenario, drain_limit=drain_limit, progress=progress,
                     collector=collector, share=share)
         if not driver.asynchronous:
-            n = threads or thread_count(driver.limit, w.kind, w.clients)
+            n = threads or thread_count(driver.limit, w.kind, w.clients,
+                                        scenario.host.threads)
             return run(_session(driver, load, ThreadRunner(load, n), on_start, on_stop, start_at))
         with asyncio.Runner(loop_factory=event_loop_factory()) as loop:
             runner = LoopRunner(load)

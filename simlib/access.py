@@ -84,9 +84,11 @@ class KeyedWorkload(Workload):
             recorder.replica_reads = [0] * len(replicas.replicas)
 
     # -- one request --------------------------------------------------------
-    def serve(self, client: int = -1, woke: bool = True) -> Serving:
+    def serve(self, client: int = -1, woke: bool = True,
+              request: Request | None = None) -> Serving:
         """Carry one read or write through cache, pool and database; True if it succeeded."""
-        request = self.begin(client, woke)
+        if request is None:
+            request = self.begin(client, woke)
         request.key, request.write = self.next_key()
         if request.client < 0 and self._user is not None:
             clients = self.config.clients

@@ -449,6 +449,12 @@ class Host(Section):
     it can even ask for the GIL.  Threads that are running meanwhile take a
     returned connection first: one of the ways QueuePool waiters are
     overtaken.  Tasks on an event loop wake by a callback, at no such cost.
+
+    ``threads``: the worker threads that serve an open loop's requests (a
+    ``ThreadPoolExecutor``, a gthread worker's threads); 0 is the rule labs
+    uses, min(256, max(32, 4 x the pool's connection limit)).  Arrivals that
+    find them all busy queue in the executor, and a thread that finishes a
+    request takes the next one at once, without giving up the GIL.
     """
 
     RULES: ClassVar[Mapping[str, Rule]] = {
@@ -457,6 +463,7 @@ class Host(Section):
         "wakeup": number(">=", 0),
         "gil_order": choice("fifo", "random"),
         "gil": flag,
+        "threads": integer(">=", 0),
     }
 
     shared_cores: bool = False
@@ -464,3 +471,4 @@ class Host(Section):
     wakeup: float = 0.0  # seconds for the OS to run a thread woken by a lock or condition
     gil_order: str = "fifo"  # which waiting thread gets a dropped GIL: "fifo" or "random"
     gil: bool = True  # False: no turn-taking (free-threaded CPython, a process per request)
+    threads: int = 0  # an open loop's worker threads; 0: min(256, max(32, 4 x the pool's limit))

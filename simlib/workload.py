@@ -26,6 +26,7 @@ from :meth:`Workload.begin` to :meth:`Workload.finish`).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -34,6 +35,7 @@ import simpy
 from simlib.distributions import Constant, Distribution
 from simlib.interpreter import Interpreter, Unlocked
 from simlib.metrics import OK, Recorder
+from simlib.pools import pool_kind
 from simlib.request import Backend, Leaks, Request, RequestPath
 from simlib.scenario import Scenario
 from simlib.streams import Streams
@@ -47,6 +49,39 @@ FAILED_REQUEST_PAUSE = 0.001
 
 #: What a request's process is: a SimPy generator returning whether it succeeded.
 Serving = Generator[simpy.Event, Any, bool]
+
+
+def default_threads(limit: int | None) -> int:
+    """Worker threads of an open loop by default: min(256, max(32, 4 x the connection limit)).
+
+    Four threads per connection the pool may hold (64 connections when it
+    sets no limit) leave room for requests queueing inside the pool, where
+    the library makes them wait, without the executor's own queue delaying
+    them; the cap keeps the GIL and memory in check.  ``labs`` starts this
+    many threads too, so both executors serve the same thread pool.
+    """
+    return min(256, max(32, 4 * (limit or 64)))
+
+
+def open_loop_threads(scenario: Scenario) -> int | None:
+    """The threads that serve an open loop's requests; None: every request has its own.
+
+    ``[host] threads``, else :func:`default_threads` of every pool the
+    requests may use (the primary's and each replica's).  Only threads
+    sharing a GIL are bounded: asyncio starts a task per request, and with
+    ``[host] gil = false`` each request runs as if in a process of its own.
+    """
+    host = scenario.host
+    if scenario.workload.kind != "open" or not host.gil:
+        return None
+    if pool_kind(scenario.pool.kind).asynchronous:
+        return None
+    if host.threads:
+        return host.threads
+    limit = scenario.pool.connection_limit()
+    if limit is not None and scenario.keyed and scenario.replicas is not None:
+        limit *= 1 + scenario.replicas.count
+    return default_threads(limit)
 
 
 def _sampler(streams: Streams, name: str, dist: Distribution) -> Callable[[], float] | None:
@@ -95,6 +130,11 @@ class Workload:
         # the run ends when this reaches zero after the window (or at a limit).
         self.pending = 0
         self.drained = env.event()
+        # An open loop's worker threads (a ThreadPoolExecutor): arrivals that
+        # find them all busy wait in its queue, first come first served.
+        self.threads = open_loop_threads(scenario)
+        self.busy_threads = 0
+        self.backlog: deque[Request] = deque()  # requests queued for a thread
 
     def start(self) -> None:
         if self.config.kind == "open":
@@ -110,16 +150,37 @@ class Workload:
         gap = self.streams.exponential("arrivals", 1.0 / self.config.rate)
         process = env.process
         request = self._open_request
+        threads = self.threads
         while True:
             yield env.timeout(gap())
-            process(request())
+            if threads is not None and self.busy_threads >= threads:
+                # It has arrived (and is counted, in flight) though no thread runs it yet.
+                self.backlog.append(self.begin(-1))
+            else:
+                self.busy_threads += 1
+                process(request())
 
     def _open_request(self) -> Generator[simpy.Event, Any, None]:
-        """An open arrival: a thread (or task) that runs one request and ends."""
+        """An open arrival: a thread (or task) that runs its request, then any queued ones.
+
+        A worker of ``ThreadPoolExecutor`` that finishes a request takes the
+        next one from the executor's queue at once, still holding the GIL
+        (``work_queue.get`` finds an item and does not block).  So when all
+        workers are busy, the thread that has just returned a connection
+        asks for one again before the waiter it woke can run: under
+        overload, that is who overtakes QueuePool's waiters.
+        """
         interp = self.interpreter
         yield from interp.take()
-        ok = yield from self.serve()
-        yield from interp.compute(self.after if ok else self.fail)
+        request: Request | None = None
+        while True:
+            ok = yield from self.serve(request=request)
+            yield from interp.compute(self.after if ok else self.fail)
+            if not self.backlog:
+                break
+            request = self.backlog.popleft()
+            request.woke = False  # its thread did not block: no wake-up to pay
+        self.busy_threads -= 1
         interp.drop()
 
     def _client(
@@ -165,14 +226,17 @@ class Workload:
         recorder.request_started()
         return request
 
-    def serve(self, client: int = -1, woke: bool = True) -> Serving:
+    def serve(self, client: int = -1, woke: bool = True,
+              request: Request | None = None) -> Serving:
         """Carry one request through checkout, query and return; True if it succeeded (hook).
 
         ``client``: the closed-loop client sending it (-1: an open arrival);
-        ``woke``: its thread was blocked just before (see ``Request.woke``).
-        The caller holds the interpreter before and after.
+        ``woke``: its thread was blocked just before (see ``Request.woke``);
+        ``request``: one that arrived earlier and waited for a thread (else
+        it arrives now).  The caller holds the interpreter before and after.
         """
-        request = self.begin(client, woke)
+        if request is None:
+            request = self.begin(client, woke)
         if self._dispatch is not None:
             # The request's own code runs before it asks the pool (handler,
             # library checkout code): no connection held yet.

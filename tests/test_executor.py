@@ -314,8 +314,9 @@ def test_no_pool_opens_one_connection_per_request():
     result = run(scenario(POOLS["none"], rate=100.0, service=0.005))
     m = result.metrics
     assert m["connections_opened_per_s"] == pytest.approx(m["offered_rps"], rel=0.1)
-    # every connect is paid inside the checkout: at least a few ms
-    assert m["checkout_mean_ms"] > 2
+    # every connect is paid inside the checkout: a connect here takes 1.9-2.6 ms
+    # (a pooled checkout, some 0.03 ms), so 1 ms tells the two apart for sure
+    assert m["checkout_mean_ms"] > 1.0
     srv = result.server
     assert srv["backends_started"] == pytest.approx(result.details["requests_total"], rel=0.1)
 

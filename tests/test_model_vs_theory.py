@@ -89,10 +89,12 @@ def scenario(
     pool: Mapping[str, object],
     cpu_bound: bool = False,
     cores: int = 0,
+    host: Mapping[str, object] | None = None,
 ) -> Scenario:
     """A scenario with every overhead the textbook models leave out set to zero."""
     return parse_scenario(
         {
+            **({} if host is None else {"host": dict(host)}),
             "name": name,
             "seed": seed,
             "replications": replications,
@@ -206,6 +208,35 @@ def test_erlang_c_wait_probability_and_mean_wait(mmc_run: SimulationResult) -> N
     agrees(mmc_run, "latency_mean_ms", mmc.mean_response * 1000, case)
     agrees(mmc_run, "throughput_rps", MMC_LAMBDA, case)
     agrees(mmc_run, "timeout_rate", 0.0, case, probability=True)
+
+
+@pytest.mark.slow
+def test_open_loop_thread_pool_is_erlang_c() -> None:
+    """An open loop served by c worker threads queues for a *thread*: M/M/c again.
+
+    The pool sets no limit (``pool_size = 0``), so every request that has a
+    thread gets a connection at once; ``[host] threads = 4`` bounds the
+    workers, as a ``ThreadPoolExecutor`` does, and arrivals beyond them wait
+    in its FIFO queue.  With a free client the GIL costs nothing, so the
+    request's latency is M/M/4's response time, and nobody waits in the pool.
+    """
+    run = simulate(
+        scenario(
+            "mmc-threads",
+            seed=2025,
+            replications=16,
+            workload={"kind": "open", "rate": MMC_LAMBDA, "duration": 350.0, "warmup": 2.0},
+            service=exponential(1.0 / MMC_MU),
+            pool={"kind": "sqlalchemy", "pool_size": 0, "reset_on_return": False},
+            host={"threads": MMC_C},
+        )
+    )
+    mmc = theory.mmc(MMC_LAMBDA, MMC_MU, MMC_C)
+    case = "M/M/4 ρ=0.6 (4 worker threads, pool without limit)"
+    agrees(run, "latency_mean_ms", mmc.mean_response * 1000, case)
+    agrees(run, "throughput_rps", MMC_LAMBDA, case)
+    agrees(run, "p_wait", 0.0, case, probability=True)
+    assert run.metrics["connections_mean"].value <= MMC_C + 1e-9
 
 
 @pytest.mark.slow

@@ -233,6 +233,9 @@ def test_exact_messages() -> None:
     assert str(error_for({"pool": {"pool_size": 2.5}})) == (
         "pool.pool_size: must be an integer >= 0, got 2.5"
     )
+    assert str(error_for({"host": {"threads": -1}})) == (
+        "host.threads: must be an integer >= 0, got -1"
+    )
     assert str(error_for({"pool": {"maxconn": 10}})) == (
         'pool.maxconn: not a parameter of pool kind "sqlalchemy" (allowed: pool_size, '
         "max_overflow, pool_timeout, pool_recycle, pool_pre_ping, use_lifo, reset_on_return), "

@@ -136,6 +136,20 @@ def test_client_samples_subtract_what_simlib_charges():
     assert hold == pytest.approx([0.0008, 0.0008, 0.0008])  # no sample from the leak
 
 
+def test_client_samples_leave_out_requests_that_queued_for_a_thread():
+    # Two worker threads: the third request, scheduled while both were busy,
+    # started only when one finished; that wait in the executor is simulated
+    # ([host] threads), so it is no dispatch sample.
+    recs = [_rec(0, 1.0, 1.0003, 1.0100, 0.005), _rec(1, 1.001, 1.0013, 1.0110, 0.005)]
+    late = _rec(2, 1.002, 1.0103, 1.0200, 0.005)
+    late.started = 1.0100
+    recs.append(late)
+    dispatch, _ = client_samples(recs, 0.5, 8.0, 0.0, threads=2)
+    assert dispatch == pytest.approx([0.0003, 0.0003])
+    dispatch, _ = client_samples(recs, 0.5, 8.0, 0.0, threads=3)
+    assert dispatch == pytest.approx([0.0003, 0.0003, 0.0083])
+
+
 def test_client_samples_leave_out_the_pre_ping_and_the_cold_first_query():
     # Neither is the client's own cost: simlib charges a pre-ping at checkout (network_rtt)
     # and the calibrated connect times carry a new backend's slower first query.

@@ -148,6 +148,12 @@ def test_overload_without_timeouts_reports_incomplete_requests():
         workload={"rate": 300.0, "duration": 5.0, "warmup": 0.0},
         query={"service_time": {"dist": "constant", "value": 0.01}},
         pool={"kind": "sqlalchemy", "pool_size": 1, "max_overflow": 0, "pool_timeout": math.inf},
+        # A request per process, FIFO: this is about counting the unfinished.
+        # With 32 threads on one GIL and free Python, the thread that returns
+        # the connection takes the next queued arrival and the connection with
+        # it, and the 31 waiting in the pool starve while arrivals go on during
+        # the drain (tests/test_workload.py::test_thread_pool_starves_pool_waiters).
+        host={"gil": False},
     )
     r = run_replication(s, 0)
     # 1,500 arrivals, 100/s served: by the drain limit (60 s after the window) all done...
@@ -172,3 +178,24 @@ def test_cpu_bound_queries_slow_down_with_more_connections_than_cores():
     large = simulate(scenario(pool={"pool_size": 40, "max_overflow": 0}, **base), workers=2)
     assert small.metrics["latency_mean_ms"].ci95[1] < large.metrics["latency_mean_ms"].ci95[0]
     assert large.metrics["query_mean_ms"].value > 2 * small.metrics["query_mean_ms"].value
+
+
+def test_thread_pool_starves_pool_waiters():
+    """Overload on threads: the returning thread takes the next queued request and its connection.
+
+    One connection, no timeout, 32 worker threads on one GIL, free Python:
+    a thread that finishes a request finds the executor's queue full, takes
+    the next arrival still holding the GIL, and checks out the connection it
+    has just returned before the waiter it woke can run.  The 31 requests
+    waiting in the pool never get it; everyone else is served in arrival order.
+    """
+    s = scenario(
+        workload={"rate": 300.0, "duration": 5.0, "warmup": 0.0},
+        query={"service_time": {"dist": "constant", "value": 0.01}},
+        pool={"kind": "sqlalchemy", "pool_size": 1, "max_overflow": 0, "pool_timeout": math.inf},
+    )
+    r = run_replication(s, 0)
+    starved = 31  # default_threads(1) = 32 threads, one of them serving
+    assert r["incomplete_rate"] * r["offered_rps"] * 5.0 == pytest.approx(starved, abs=0.5)
+    # the rest: one connection serves 100 requests/s, arrivals wait for a thread
+    assert r["connections_mean"] == pytest.approx(1.0, abs=0.01)

@@ -79,6 +79,7 @@ LABELS = {
     "db_queries_per_s": "database queries/s",
     "replica_read_share": "reads on replicas",
     "query_mean_ms": "query (ms)",
+    "idle_in_transaction_mean": "sessions idle in transaction (mean)",
 }
 
 

@@ -49,12 +49,17 @@ def _cells(text: str, count: int, flag: str) -> list[int]:
     try:
         cells = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise SystemExit(
+        raise ValueError(
             f"repeat_cells: {flag} takes cell numbers such as 1,4,6; got {text!r}") from None
     bad = [c for c in cells if not 0 <= c < count]
     if bad:
-        raise SystemExit(f"repeat_cells: {flag} {bad}: the notebook has cells 0..{count - 1}")
+        raise ValueError(f"repeat_cells: {flag} {bad}: the notebook has cells 0..{count - 1}")
     return cells
+
+
+def _last_line(exc: CellExecutionError, limit: int) -> str:
+    """The line of a cell's error that says what went wrong (its last), shortened."""
+    return str(exc).strip().splitlines()[-1][:limit]
 
 
 def _text(outputs: list) -> list[str]:
@@ -76,7 +81,7 @@ class Session:
 
     def __init__(self, nb: nbformat.NotebookNode, path: Path, setup: list[int],
                  timeout: float) -> None:
-        self.nb, self.setup = nb, setup
+        self.nb = nb
         self.client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                                      resources={"metadata": {"path": str(path.parent)}})
         self._kernel: Any = self.client.setup_kernel()
@@ -86,8 +91,8 @@ class Session:
                 self.run(index)
             except CellExecutionError as exc:
                 self.close()
-                last = str(exc).strip().splitlines()[-1][:300]
-                raise SetupFailed(f"repeat_cells: set-up cell {index} failed: {last}") from None
+                raise SetupFailed(f"repeat_cells: set-up cell {index} failed: "
+                                  f"{_last_line(exc, 300)}") from None
 
     def run(self, index: int) -> list[str]:
         cell = copy.deepcopy(self.nb.cells[index])
@@ -101,17 +106,15 @@ class Session:
 
 
 def _write(out: Path, argv: list[str] | None, path: Path, setup: list[int],
-           repeat: list[int], runs: list[dict]) -> int:
-    """Write the series so far (atomically); the number of runs that passed."""
-    passed = sum(r["passed"] for r in runs)
+           repeat: list[int], runs: list[dict]) -> None:
+    """Write the series so far (atomically)."""
     doc = {
         "command": "python bench/repeat_cells.py " + " ".join(argv or sys.argv[1:]),
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "notebook": path.name, "setup": setup, "repeat": repeat,
-        "passed": passed, "runs": runs,
+        "passed": sum(r["passed"] for r in runs), "runs": runs,
     }
     atomic_write_text(out, json.dumps(doc, indent=2) + "\n")
-    return passed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         setup = _cells(args.setup, len(nb.cells), "--setup")
         repeat = _cells(args.repeat, len(nb.cells), "--repeat")
-    except SystemExit as bad:
+    except ValueError as bad:
         print(bad, file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else ROOT / "bench/results" / f"repeat-{path.stem}.json"
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 for index in repeat:
                     lines += session.run(index)
             except CellExecutionError as exc:
-                error = str(exc).strip().splitlines()[-1][:500]
+                error = _last_line(exc, 500)
             runs.append({"run": n, "passed": error is None, "error": error,
                          "seconds": round(time.perf_counter() - start, 1),
                          "load_after": round(os.getloadavg()[0], 2), "output": lines})
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                     break
     finally:
         session.close()
-    passed = _write(out, argv, path, setup, repeat, runs)
+    passed = sum(r["passed"] for r in runs)  # the file has them already, written after each run
     print(f"{passed} of {len(runs)} runs passed")
     return 0 if passed == len(runs) else 1
 

@@ -61,8 +61,13 @@ from labs.topology import Topology
 from simlib.scenario import Scenario
 from simlib.simulation import DRAIN_FACTOR, DRAIN_MIN
 
-__all__ = ["LIVE_METRICS", "DriveResult", "LiveResult", "Plan", "drive_run", "measure_run",
-           "plan_run", "run_live"]
+__all__ = ["LIVE_METRICS", "RUN_APPLICATION_NAME", "DriveResult", "LiveResult", "Plan", "drive_run",
+           "measure_run", "plan_run", "run_live"]
+
+#: A Postgres regular expression matching a live run's ``application_name``
+#: (:func:`plan_run`: ``labs-<pid>-<8 hex digits>``; its monitor's, which adds
+#: ``-monitor``, does not match), for watching a run's backends from outside.
+RUN_APPLICATION_NAME = r"^labs-[0-9]+-[0-9a-f]{8}$"
 
 
 @dataclass

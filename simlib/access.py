@@ -45,7 +45,7 @@ from simlib.replicas import Replica, ReplicaSet
 from simlib.request import Backend, Outcome, Request
 from simlib.scenario import Scenario
 from simlib.streams import Streams
-from simlib.workload import Serving, Workload
+from simlib.workload import Instance, Serving, Workload
 
 #: What serving a read or a write returns: outcome, when the connection was in
 #: hand, when the query's result was back (None where that did not happen).
@@ -85,7 +85,7 @@ class KeyedWorkload(Workload):
 
     # -- one request --------------------------------------------------------
     def serve(self, client: int = -1, woke: bool = True,
-              request: Request | None = None) -> Serving:
+              request: Request | None = None, instance: Instance | None = None) -> Serving:
         """Carry one read or write through cache, pool and database; True if it succeeded."""
         if request is None:
             request = self.begin(client, woke)

@@ -247,6 +247,34 @@ class Popularity(Section):
         return Popularity("zipf", s)
 
 
+#: Most pieces a ``rate_schedule`` may have.
+MAX_SCHEDULE_PIECES = 1000
+
+
+def rate_schedule(field: str, value: object) -> tuple[tuple[float, float], ...]:
+    """``[[start second, rate], ...]``: starts from 0, increasing; rates >= 0, not all 0."""
+    allowed = (
+        "must be an array of [start second, requests per second] pairs, the first starting "
+        "at 0, the starts increasing, the rates >= 0 and not all 0"
+    )
+    if not isinstance(value, list | tuple) or not 1 <= len(value) <= MAX_SCHEDULE_PIECES:
+        raise ScenarioError(field, allowed, value)
+    pieces: list[tuple[float, float]] = []
+    for i, pair in enumerate(value):
+        if not isinstance(pair, list | tuple) or len(pair) != 2:
+            raise ScenarioError(f"{field}[{i}]", "must be a pair [start second, rate]", pair)
+        start = check_number(f"{field}[{i}][0]", pair[0], "must be a number >= 0",
+                             lambda x: x >= 0)
+        rate = check_number(f"{field}[{i}][1]", pair[1], "must be a number >= 0",
+                            lambda x: x >= 0)
+        if (i == 0 and start != 0) or (pieces and start <= pieces[-1][0]):
+            raise ScenarioError(f"{field}[{i}][0]", allowed, pair[0])
+        pieces.append((start, rate))
+    if not any(rate > 0 for _, rate in pieces):
+        raise ScenarioError(field, allowed, value)
+    return tuple(pieces)
+
+
 @dataclass(frozen=True, slots=True)
 class Workload(Section):
     """Who sends requests, how often, for how long, and for which keys."""
@@ -261,6 +289,7 @@ class Workload(Section):
         "keys": integer(">=", 1),
         "popularity": Popularity.parse,
         "write_fraction": fraction,
+        "rate_schedule": rate_schedule,
     }
 
     kind: Literal["open", "closed"] = "open"
@@ -272,6 +301,50 @@ class Workload(Section):
     keys: int = 10_000
     popularity: Popularity = Popularity("zipf", 0.9)
     write_fraction: float = 0.0
+    # open: a piecewise-constant rate instead of `rate` (a spike, a storm):
+    # ((start second, rate), ...), seconds from t = 0, the warm-up included.
+    rate_schedule: tuple[tuple[float, float], ...] | None = None
+
+    def check(self, field: str, given: Mapping[str, object]) -> None:
+        if self.rate_schedule is None:
+            return
+        here = f"{field}.rate_schedule" if field else "rate_schedule"
+        if self.kind != "open":
+            raise ScenarioError(here, "only an open workload has a rate (kind = \"open\")",
+                                [list(p) for p in self.rate_schedule])
+        if "rate" in given:
+            raise ScenarioError(f"{field}.rate" if field else "rate",
+                                "give rate or rate_schedule, not both", given["rate"])
+
+    def to_dict(self) -> dict[str, object]:
+        data = Section.to_dict(self)
+        if self.rate_schedule is not None:
+            del data["rate"]  # the schedule replaces it
+            data["rate_schedule"] = [list(p) for p in self.rate_schedule]
+        return data
+
+    def rate_at(self, t: float) -> float:
+        """The arrival rate at time ``t`` (an open workload)."""
+        if self.rate_schedule is None:
+            return self.rate
+        rate = self.rate_schedule[0][1]
+        for start, r in self.rate_schedule:
+            if start > t:
+                break
+            rate = r
+        return rate
+
+    def mean_rate(self, start: float, end: float) -> float:
+        """The mean arrival rate over ``[start, end)`` (an open workload)."""
+        if self.rate_schedule is None:
+            return self.rate
+        bounds = [s for s, _ in self.rate_schedule] + [math.inf]
+        total = 0.0
+        for (s, r), nxt in zip(self.rate_schedule, bounds[1:], strict=True):
+            lo, hi = max(s, start), min(nxt, end)
+            if hi > lo:
+                total += r * (hi - lo)
+        return total / (end - start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +398,7 @@ class Database(Section):
         "cores": integer(">=", 0),
         "max_connections": integer(">=", 1),
         "idle_in_transaction_session_timeout": number(">=", 0),
+        "idle_session_timeout": number(">=", 0),
     }
 
     connect_time: Distribution = Constant(0.004)
@@ -335,9 +409,14 @@ class Database(Section):
     # a session idle inside an open transaction this long is terminated.
     # 0 = off, Postgres's default.
     idle_in_transaction_session_timeout: float = 0.0
+    # Postgres 14's idle_session_timeout, in seconds: a session idle outside
+    # a transaction this long is ended.  0 = off, the default: a connection a
+    # frozen serverless environment left behind then stays open.
+    idle_session_timeout: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
-        return self.without_zeros(("idle_in_transaction_session_timeout",))
+        return self.without_zeros(("idle_in_transaction_session_timeout",
+                                   "idle_session_timeout"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import Any, Protocol
 
 import simpy
 
@@ -61,6 +61,32 @@ class Connection:
         #: called when the server ends the session, for a library that notices
         #: at once (asyncpg's protocol sees the socket close); None: nobody does
         self.on_lost: Callable[[], None] | None = None
+
+
+class Server(Protocol):
+    """What an application's pool and its requests use of the server they connect to.
+
+    A :class:`DatabaseServer` when they connect to Postgres itself; a
+    connection pooler standing in between (:class:`simlib.pgbouncer.PgBouncer`)
+    offers the same, and lends its own server connections in :meth:`link`.
+    """
+
+    rtt: float
+    cpu: ProcessorSharing | None
+    multiplexed: bool
+    per_statement: bool
+
+    def begin_connect(self) -> float: ...
+    def finish_connect(self) -> Connection: ...
+    def abandon_connect(self) -> None: ...
+    def connect(self) -> Generator[simpy.Event, Any, Connection]: ...
+    def preopen(self) -> Connection: ...
+    def close(self, conn: Connection) -> None: ...
+    def orphan(self, conn: Connection) -> None: ...
+    def idle_in_transaction(self, conn: Connection, seconds: float) -> None: ...
+    def link(self, conn: Connection, asked: float) -> simpy.Event | None: ...
+    def statement_done(self, conn: Connection) -> None: ...
+    def transaction_done(self, conn: Connection) -> None: ...
 
 
 class ProcessorSharing:
@@ -133,11 +159,24 @@ class DatabaseServer:
     (``max_connections``) and its cores are the server's, whoever uses them.
 
     What a pool calls, and what a tier that stands between pools and a
-    server (a connection pooler) would provide in its place: ``rtt``,
-    ``connect()`` (or ``begin_connect`` / ``finish_connect`` /
-    ``abandon_connect`` for a connect that may be cancelled), ``preopen()``
-    and ``close(conn)``; a request's query runs on ``cpu`` when that is not None.
+    server (a connection pooler, :class:`simlib.pgbouncer.PgBouncer`)
+    provides in its place: ``rtt``, ``connect()`` (or ``begin_connect`` /
+    ``finish_connect`` / ``abandon_connect`` for a connect that may be
+    cancelled), ``preopen()``, ``close(conn)`` and ``orphan(conn)``; a
+    request's query runs on ``cpu`` when that is not None.  A pooler also
+    sets ``multiplexed`` and implements the request path's three hooks,
+    :meth:`link`, :meth:`statement_done` and :meth:`transaction_done`,
+    which a server the applications reach directly has no use for.
+
+    ``direct``: the applications connect here themselves, so every
+    connection is theirs as well as the server's (both counts move); False
+    when a pooler's server connections are all it sees.
     """
+
+    #: True for a tier that lends server connections per transaction (PgBouncer)
+    multiplexed = False
+    #: True when a server goes back after each statement (PgBouncer's statement mode)
+    per_statement = False
 
     def __init__(
         self,
@@ -146,8 +185,11 @@ class DatabaseServer:
         connect_time: Callable[[], float],
         recorder: Recorder,
         cpu_bound: bool,
+        direct: bool = True,
     ) -> None:
         self.env = env
+        self.direct = direct
+        self.idle_session_timeout = config.idle_session_timeout
         self.rtt = config.network_rtt
         self.max_connections = config.max_connections
         self.idle_in_transaction_timeout = config.idle_in_transaction_session_timeout
@@ -173,11 +215,15 @@ class DatabaseServer:
         and this one exceed ``max_connections``.
         """
         self.starting -= 1
+        recorder = self.recorder
         if self.connections + self.starting + 1 > self.max_connections:
-            self.recorder.refused()
+            recorder.refused()
+            recorder.server_refusal()
             raise ConnectionRefused()
         self.connections += 1
-        self.recorder.connection_opened()
+        recorder.server_connection(+1)
+        if self.direct:
+            recorder.connection_opened()
         return Connection(self.env.now)
 
     def abandon_connect(self) -> None:
@@ -205,7 +251,9 @@ class DatabaseServer:
         if self.connections + self.starting >= self.max_connections:
             raise ConnectionRefused()
         self.connections += 1
-        self.recorder.connection_opened(counted=False)
+        self.recorder.server_connection(+1)
+        if self.direct:
+            self.recorder.connection_opened(counted=False)
         conn = Connection(self.env.now)
         return conn
 
@@ -215,7 +263,41 @@ class DatabaseServer:
             return
         conn.closed = True
         self.connections -= 1
-        self.recorder.connection_closed()
+        self.recorder.server_connection(-1)
+        if self.direct:
+            self.recorder.connection_closed()
+
+    def orphan(self, conn: Connection) -> None:
+        """The client vanished without closing ``conn`` (a frozen, reclaimed environment).
+
+        Nobody sends Terminate, so the backend stays, idle, holding its slot,
+        until ``idle_session_timeout`` ends it (never, when 0).  The
+        application no longer counts it.
+        """
+        if conn.closed:
+            return
+        if self.direct:
+            self.recorder.connection_closed()
+        conn.closed = True  # for the client: gone; the server still holds the slot
+        if self.idle_session_timeout:
+            timer = self.env.timeout(self.idle_session_timeout)
+            timer.callbacks.append(lambda _t: self._end_orphan())
+
+    def _end_orphan(self) -> None:
+        self.connections -= 1
+        self.recorder.server_connection(-1)
+        self.recorder.session_terminated()
+
+    # -- a pooler's hooks: nothing to do when the applications connect here --
+    def link(self, conn: Connection, asked: float) -> simpy.Event | None:
+        """An event to wait for before ``conn``'s next query reaches Postgres; None: go on."""
+        return None
+
+    def statement_done(self, conn: Connection) -> None:
+        """A statement's result is back on ``conn``."""
+
+    def transaction_done(self, conn: Connection) -> None:
+        """``conn``'s transaction ended (the pool's reset on return is done)."""
 
     def idle_in_transaction(self, conn: Connection, seconds: float) -> None:
         """``conn`` sits in an open transaction for ``seconds``, doing nothing.

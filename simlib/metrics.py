@@ -27,6 +27,15 @@ counts they are NaN:
   of database reads sent to a replica, and the busiest replica's share of
   those, for how the read load spreads.
 
+Connections as Postgres sees them (``server_connections_*``) differ from the
+ones the applications open (``connections_*``) once something stands between
+them: PgBouncer's server connections, or the connections reclaimed serverless
+environments left open.  They are counted for scenarios with a ``[fleet]``,
+``[pgbouncer]`` or ``[serverless]`` (NaN, and left out, otherwise), as are
+``pgbouncer_wait_mean_ms`` (the mean over the window's transactions of the
+time each waited in PgBouncer for a server, 0 for most: SHOW STATS's
+``total_wait_time / total_xact_count``) and the serverless shares.
+
 How fair the pool's hand-off was, ``overtaken_ratio`` (the contract's
 definition): of the window's requests that waited for a connection, the
 share that some request which *asked later* (by more than ``OVERTAKE_EPS``)
@@ -91,6 +100,15 @@ EXTRA_METRICS: tuple[str, ...] = (
     "leaked_rate",  # share of requests that kept their connection after answering
     "idle_in_transaction_mean",  # time-average sessions idle in transaction
     "sessions_terminated_per_s",  # sessions Postgres ended (idle-in-transaction timeout)
+    # Many processes, PgBouncer, serverless (shared/scenario-contract.md, "Additions"):
+    "server_connections_mean",  # connections as Postgres sees them, time average
+    "server_connections_max",  # ... their peak in the window
+    "server_connections_opened_per_s",  # ... opened per second
+    "server_refused_per_s",  # connection attempts Postgres refused per second
+    "pgbouncer_wait_mean_ms",  # [pgbouncer]: mean wait for a server connection
+    "cold_start_rate",  # [serverless]: share of invocations that began with a cold start
+    "throttle_rate",  # [serverless]: share refused at concurrency_limit
+    "environments_mean",  # [serverless]: time-average environments alive
 )
 METRICS: tuple[str, ...] = CONTRACT_METRICS + EXTRA_METRICS
 
@@ -104,6 +122,14 @@ CONDITIONAL_METRICS: frozenset[str] = frozenset(
         "cache_coalesced_ratio",
         "replica_read_share",
         "replica_reads_max_share",
+        "server_connections_mean",
+        "server_connections_max",
+        "server_connections_opened_per_s",
+        "server_refused_per_s",
+        "pgbouncer_wait_mean_ms",
+        "cold_start_rate",
+        "throttle_rate",
+        "environments_mean",
     }
 )
 
@@ -185,6 +211,13 @@ class WindowCounts:
     handoffs: list[Handoff] = field(default_factory=list)
     leaked: int = 0  # requests that kept their connection after answering
     terminated: int = 0  # sessions Postgres ended for idling in a transaction
+    # Tiers of many processes (None = not counted: the metrics are NaN).
+    server_opened: int | None = None  # connections Postgres accepted in the window
+    server_refused: int = 0  # connection attempts Postgres refused in the window
+    server_peak: float = math.nan  # most connections Postgres held at once in the window
+    pgbouncer_waits: list[float] | None = None  # each transaction's wait for a server
+    cold_starts: int | None = None  # invocations that began with a cold start
+    throttled: int = 0  # invocations refused at the concurrency limit
 
 
 def window_metrics(
@@ -195,12 +228,16 @@ def window_metrics(
     busy_mean: float,
     in_flight_mean: float,
     idle_in_transaction_mean: float = 0.0,
+    server_connections_mean: float = math.nan,
+    environments_mean: float = math.nan,
 ) -> dict[str, float]:
     """:func:`metric_values` of a run's counts and its time averages."""
     given = {f.name: getattr(counts, f.name) for f in dataclasses.fields(WindowCounts)}
     return metric_values(duration=duration, connections_mean=connections_mean,
                          busy_mean=busy_mean, in_flight_mean=in_flight_mean,
-                         idle_in_transaction_mean=idle_in_transaction_mean, **given)
+                         idle_in_transaction_mean=idle_in_transaction_mean,
+                         server_connections_mean=server_connections_mean,
+                         environments_mean=environments_mean, **given)
 
 
 class Recorder(WindowCounts):
@@ -221,6 +258,8 @@ class Recorder(WindowCounts):
         self.busy = Level()
         self.in_flight = Level()
         self.idle_in_tx = Level()
+        self.server_connections = Level()  # as Postgres sees them
+        self.environments = Level()  # serverless environments alive
         self._areas_at_start: tuple[float, ...] | None = None
         self._areas_at_end: tuple[float, ...] | None = None
         # Snapshot the step curves at both ends of the window.
@@ -232,12 +271,15 @@ class Recorder(WindowCounts):
         areas = self._areas(now)
         if which == "start":
             self._areas_at_start = areas
+            if self.server_opened is not None:
+                self.server_peak = self.server_connections.value
         else:
             self._areas_at_end = areas
 
     def _areas(self, now: float) -> tuple[float, ...]:
         return (self.connections.area(now), self.busy.area(now), self.in_flight.area(now),
-                self.idle_in_tx.area(now))
+                self.idle_in_tx.area(now), self.server_connections.area(now),
+                self.environments.area(now))
 
     def measured(self, arrival: float) -> bool:
         return self.start <= arrival < self.end
@@ -257,6 +299,47 @@ class Recorder(WindowCounts):
     def refused(self) -> None:
         if self.start <= self.env.now < self.end:
             self.refusals += 1
+
+    # Connections as Postgres sees them: counted only when a tier asked for
+    # them (count_tiers), so plain scenarios keep their results as they were.
+    def count_tiers(self, *, pgbouncer: bool = False, serverless: bool = False) -> None:
+        """Count what fleets, PgBouncer and serverless add (their metrics are NaN otherwise)."""
+        self.server_opened = 0
+        if pgbouncer:
+            self.pgbouncer_waits = []
+        if serverless:
+            self.cold_starts = 0
+
+    def server_connection(self, delta: int) -> None:
+        """Postgres accepted (+1) or closed (-1) a connection."""
+        now = self.env.now
+        level = self.server_connections
+        level.set(now, level.value + delta)
+        if self.server_opened is not None and self.start <= now < self.end:
+            if delta > 0:
+                self.server_opened += 1
+            if level.value > self.server_peak:
+                self.server_peak = level.value
+
+    def server_refusal(self) -> None:
+        """Postgres refused a connection attempt (``max_connections``)."""
+        if self.server_opened is not None and self.start <= self.env.now < self.end:
+            self.server_refused += 1
+
+    def pgbouncer_waited(self, asked: float, seconds: float) -> None:
+        """A transaction asked PgBouncer for a server at ``asked`` and waited ``seconds``."""
+        if self.pgbouncer_waits is not None and self.start <= asked < self.end:
+            self.pgbouncer_waits.append(seconds)
+
+    def environment(self, delta: int) -> None:
+        """A serverless environment was created (+1) or reclaimed (-1)."""
+        self.environments.set(self.env.now, self.environments.value + delta)
+
+    def invocation(self, arrival: float, *, cold: bool = False, throttled: bool = False) -> None:
+        """A serverless invocation that arrived at ``arrival`` began cold, or was throttled."""
+        if self.cold_starts is not None and self.start <= arrival < self.end:
+            self.cold_starts += cold
+            self.throttled += throttled
 
     def idle_in_transaction(self, delta: int) -> None:
         """A session began (+1) or stopped (-1) idling in an open transaction."""
@@ -318,14 +401,16 @@ class Recorder(WindowCounts):
     def results(self) -> dict[str, float]:
         """This replication's value of every metric that applies (NaN where undefined)."""
         duration = self.end - self.start
-        start_areas = self._areas_at_start or (0.0, 0.0, 0.0, 0.0)
+        start_areas = self._areas_at_start or (0.0,) * 6
         end_areas = self._areas_at_end or self._areas(self.end)
-        conn_mean, busy_mean, in_flight_mean, idle_tx_mean = (
+        conn_mean, busy_mean, in_flight_mean, idle_tx_mean, server_mean, env_mean = (
             (e - s) / duration for s, e in zip(start_areas, end_areas, strict=True)
         )
-        values = window_metrics(self, duration=duration, connections_mean=conn_mean,
-                                busy_mean=busy_mean, in_flight_mean=in_flight_mean,
-                                idle_in_transaction_mean=idle_tx_mean)
+        values = window_metrics(
+            self, duration=duration, connections_mean=conn_mean, busy_mean=busy_mean,
+            in_flight_mean=in_flight_mean, idle_in_transaction_mean=idle_tx_mean,
+            server_connections_mean=server_mean,
+            environments_mean=env_mean if self.cold_starts is not None else math.nan)
         # Metrics that do not apply (no cache, no writes...) are left out rather
         # than NaN: NaN != NaN, so two identical runs would compare unequal.
         return {
@@ -362,6 +447,14 @@ def metric_values(
     leaked: int = 0,
     terminated: int = 0,
     idle_in_transaction_mean: float = 0.0,
+    server_opened: int | None = None,
+    server_refused: int = 0,
+    server_peak: float = math.nan,
+    pgbouncer_waits: Sequence[float] | None = None,
+    cold_starts: int | None = None,
+    throttled: int = 0,
+    server_connections_mean: float = math.nan,
+    environments_mean: float = math.nan,
 ) -> dict[str, float]:
     """Every metric from the window's counts and per-request times (in seconds).
 
@@ -400,6 +493,29 @@ def metric_values(
         "leaked_rate": _ratio(leaked, arrivals),
         "idle_in_transaction_mean": idle_in_transaction_mean,
         "sessions_terminated_per_s": terminated / duration,
+        **_tier_metrics(duration, arrivals, server_opened, server_refused, server_peak,
+                        server_connections_mean, pgbouncer_waits, cold_starts, throttled,
+                        environments_mean),
+    }
+
+
+def _tier_metrics(
+    duration: float, arrivals: int, server_opened: int | None, server_refused: int,
+    server_peak: float, server_mean: float, waits: Sequence[float] | None,
+    cold_starts: int | None, throttled: int, environments_mean: float,
+) -> dict[str, float]:
+    """Fleets, PgBouncer and serverless: NaN where a count is None (not counted)."""
+    nan = math.nan
+    server = server_opened is not None
+    return {
+        "server_connections_mean": server_mean if server else nan,
+        "server_connections_max": server_peak if server else nan,
+        "server_connections_opened_per_s": (server_opened or 0) / duration if server else nan,
+        "server_refused_per_s": server_refused / duration if server else nan,
+        "pgbouncer_wait_mean_ms": 1000.0 * sum(waits) / len(waits) if waits else nan,
+        "cold_start_rate": _ratio(cold_starts, arrivals),
+        "throttle_rate": nan if cold_starts is None else _ratio(throttled, arrivals),
+        "environments_mean": environments_mean if cold_starts is not None else nan,
     }
 
 

@@ -48,7 +48,7 @@ from typing import Any, ClassVar, Literal
 import simpy
 
 from simlib.config import Rule, Section, choice, integer, number
-from simlib.database import DatabaseServer
+from simlib.database import Server
 from simlib.distributions import Constant, Distribution, parse_distribution
 from simlib.pools.base import PoolModel
 from simlib.request import Backend
@@ -82,7 +82,7 @@ class Replica:
 
     __slots__ = ("index", "backend", "_visible", "_pending", "_last_apply")
 
-    def __init__(self, index: int, server: DatabaseServer, pool: PoolModel[Any]) -> None:
+    def __init__(self, index: int, server: Server, pool: PoolModel[Any]) -> None:
         self.index = index
         self.backend = Backend(pool, server)
         self._visible: dict[int, int] = {}  # key -> version applied here
@@ -93,7 +93,7 @@ class Replica:
         self._last_apply = 0.0
 
     @property
-    def server(self) -> DatabaseServer:
+    def server(self) -> Server:
         return self.backend.server
 
     @property

@@ -40,7 +40,7 @@ from typing import Any
 
 import simpy
 
-from simlib.database import Connection, ConnectionRefused, DatabaseServer
+from simlib.database import Connection, ConnectionRefused, Server
 from simlib.interpreter import Interpreter, Unlocked
 from simlib.metrics import ERROR, OK, TIMEOUT, Recorder
 from simlib.pools.base import PoolModel, PoolTimeout
@@ -75,7 +75,7 @@ class Backend:
 
     __slots__ = ("pool", "server")
 
-    def __init__(self, pool: PoolModel[Any], server: DatabaseServer) -> None:
+    def __init__(self, pool: PoolModel[Any], server: Server) -> None:
         self.pool = pool
         self.server = server
 
@@ -164,21 +164,40 @@ class RequestPath:
         version = 0 if snapshot is None else snapshot(got)
         reset = pool.reset_delay(conn)
         server = backend.server
-        if server.cpu is None and commit is None and self._merged and not pool.reset_cpu:
+        pooled = server.multiplexed
+        # Through a pooler the query may first wait for a server (PgBouncer).
+        wait = server.link(conn, got) if pooled else None
+        if (wait is None and server.cpu is None and commit is None and self._merged
+                and not pool.reset_cpu and not server.per_statement):
             # Round trip + service + reset in one wait: same result, fewer events.
             query = server.rtt + self.service_time()
             yield from interp.io(query + reset)
             done = got + query
+            if pooled:
+                server.transaction_done(conn)
         else:
-            if server.cpu is None:
+            if wait is None and server.cpu is None:
                 yield from interp.io(server.rtt + self.service_time())
             else:
                 interp.drop()
-                if server.rtt:
-                    yield env.timeout(server.rtt)
-                yield server.cpu.run(self.service_time())
+                # The thread is in recv() meanwhile: PgBouncer holds its query
+                # until a server is free, then the query runs.
+                if wait is not None and not (yield wait):
+                    # query_wait_timeout: PgBouncer closed this connection.
+                    yield from interp.take()
+                    yield from pool.discard(conn)
+                    recorder.checked_in()
+                    return ERROR, None, None, 0
+                if server.cpu is None:
+                    yield env.timeout(server.rtt + self.service_time())
+                else:
+                    if server.rtt:
+                        yield env.timeout(server.rtt)
+                    yield server.cpu.run(self.service_time())
                 yield from interp.take()
             done = env.now
+            if pooled:
+                server.statement_done(conn)
             if commit is not None:
                 version = commit()
             if self.hold is not None:
@@ -194,6 +213,8 @@ class RequestPath:
             if reset:
                 yield from interp.compute(pool.reset_cpu)
                 yield from interp.io(reset)
+            if pooled:
+                server.transaction_done(conn)
         yield from pool.release(conn)
         recorder.checked_in()
         return OK, got, done, version
@@ -223,6 +244,7 @@ class RequestPath:
             if reset:
                 yield from interp.compute(pool.reset_cpu)
                 yield from interp.io(reset)
+            server.transaction_done(conn)
             yield from pool.release(conn)
         self.recorder.checked_in()
         interp.drop()

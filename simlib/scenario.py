@@ -50,21 +50,27 @@ from simlib.config import (
     name,
 )
 from simlib.distributions import ScenarioError, check_integer, one_of, subfield
+from simlib.fleet import Fleet
+from simlib.pgbouncer import PgBouncerConfig
 from simlib.pools import PoolConfig, pool_kinds
 from simlib.replicas import Replicas
+from simlib.serverless import Serverless
 
 __all__ = [
     "POOL_KINDS",
     "Cache",
     "Client",
     "Database",
+    "Fleet",
     "Host",
+    "PgBouncerConfig",
     "PoolConfig",
     "Popularity",
     "Query",
     "Replicas",
     "Scenario",
     "ScenarioError",
+    "Serverless",
     "Workload",
     "apply_override",
     "load_scenario",
@@ -109,6 +115,9 @@ class Scenario(Section):
         "host": Host.parse,
         "cache": Cache.parse,
         "replicas": Replicas.parse,
+        "fleet": Fleet.parse,
+        "pgbouncer": PgBouncerConfig.parse,
+        "serverless": Serverless.parse,
     }
 
     name: str
@@ -122,6 +131,42 @@ class Scenario(Section):
     host: Host = Host()
     cache: Cache | None = None  # None = no cache
     replicas: Replicas | None = None  # None = primary only
+    fleet: Fleet | None = None  # None = one application process
+    pgbouncer: PgBouncerConfig | None = None  # None = the pools connect to Postgres
+    serverless: Serverless | None = None  # None = long-lived processes
+
+    def check(self, field: str, given: Mapping[str, object]) -> None:
+        """Combinations of tiers that cannot be, or are not modelled: one line each."""
+        many = "fleet" if self.fleet is not None else "serverless" if self.serverless else None
+        if self.fleet is not None and self.serverless is not None:
+            raise ScenarioError("serverless", "cannot be combined with [fleet]: a serverless "
+                                "scenario's processes are its environments; remove one")
+        if many is not None and self.keyed:
+            raise ScenarioError(many, "is not modelled with [cache], [replicas] or "
+                                "workload.write_fraction > 0 yet; remove one or the other")
+        if self.pgbouncer is not None and self.replicas is not None:
+            raise ScenarioError("pgbouncer", "fronts the primary only; it is not modelled "
+                                "with [replicas] yet; remove one or the other")
+        if self.serverless is not None:
+            self._check_serverless()
+
+    def _check_serverless(self) -> None:
+        if self.workload.kind != "open":
+            raise ScenarioError("serverless", "needs an open workload (invocations arrive on "
+                                "their own: workload.kind = \"open\")", self.workload.kind)
+        try:
+            default = type(self.pool)()
+        except TypeError:  # a kind with required parameters (psycopg2's minconn, maxconn)
+            raise ScenarioError(
+                "pool.kind", "[serverless] environments hold one connection each, not a "
+                "pool: use a kind without required parameters (\"none\" for psycopg2.connect)",
+                self.pool.kind) from None
+        changed = [k for k, v in self.pool.to_dict().items() if default.to_dict().get(k) != v]
+        if changed:
+            raise ScenarioError(
+                f"pool.{changed[0]}", "not used with [serverless]: each environment holds one "
+                "connection (serverless.connection), so [pool] takes only kind",
+                getattr(self.pool, changed[0]))
 
     @property
     def keyed(self) -> bool:
@@ -158,6 +203,10 @@ class Scenario(Section):
             data["cache"] = self.cache.to_dict()
         if self.replicas is not None:
             data["replicas"] = self.replicas.to_dict()
+        for tier in ("fleet", "pgbouncer", "serverless"):
+            section = getattr(self, tier)
+            if section is not None:
+                data[tier] = section.to_dict()
         return data
 
     def with_overrides(self, assignments: Sequence[str]) -> Scenario:

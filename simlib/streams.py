@@ -43,6 +43,10 @@ STREAM_NAMES: tuple[str, ...] = (
     "leaks",
     "leak_time",
     "gil",
+    "instances",
+    "pgbouncer",
+    "pgbouncer_connect",
+    "cold_start",
 )
 
 _BATCH = 4096

@@ -14,7 +14,11 @@ From the back to the front, as a request meets them the other way round:
   settings, as an application holds one engine per database URL (a
   :class:`~simlib.request.Backend` each), all in that one process;
 * **tiers in front**: the replica set and its routing (:mod:`simlib.replicas`),
-  the cache-aside cache (:mod:`simlib.cache`);
+  the cache-aside cache (:mod:`simlib.cache`), PgBouncer between the pools and
+  the primary (:mod:`simlib.pgbouncer`);
+* **many processes**: a fleet's instances, each its own interpreter and pool
+  (:mod:`simlib.fleet`), or serverless environments made on demand
+  (:mod:`simlib.serverless`);
 * **the workload** that sends requests through all of it: the plain one, or
   the keyed one when the scenario is ``keyed`` (:mod:`simlib.access`).
 
@@ -32,13 +36,15 @@ import simpy
 
 from simlib.access import KeyedWorkload
 from simlib.cache import CacheAside
-from simlib.database import DatabaseServer
+from simlib.database import DatabaseServer, Server
 from simlib.interpreter import Interpreter, Unlocked
 from simlib.metrics import Recorder
+from simlib.pgbouncer import PgBouncer
 from simlib.pools import make_pool, pool_kind
 from simlib.replicas import Replica, ReplicaSet
 from simlib.request import Backend
 from simlib.scenario import Scenario
+from simlib.serverless import ServerlessWorkload
 from simlib.streams import Streams
 from simlib.workload import Workload
 
@@ -57,15 +63,25 @@ class Builder:
         self._pool_uniform = streams.uniform("pool")
         self._interpreter: Interpreter | None = None  # made with the primary
 
-    def server(self) -> DatabaseServer:
-        """A server with the scenario's ``[database]`` settings."""
+    def server(self, direct: bool = True) -> DatabaseServer:
+        """A server with the scenario's ``[database]`` settings (``direct``: see DatabaseServer)."""
         s = self.scenario
         return DatabaseServer(
-            self.env, s.database, self._connect, self.recorder, cpu_bound=s.query.cpu_bound
+            self.env, s.database, self._connect, self.recorder, cpu_bound=s.query.cpu_bound,
+            direct=direct,
         )
 
+    def front(self, primary: DatabaseServer) -> Server:
+        """What the applications connect to: the primary, or PgBouncer in front of it."""
+        config = self.scenario.pgbouncer
+        if config is None:
+            return primary
+        return PgBouncer(self.env, config, primary,
+                         self.streams.distribution("pgbouncer_connect", config.connect_time),
+                         self.recorder, self.streams.uniform("pgbouncer"))
+
     def interpreter(self, primary: DatabaseServer) -> Interpreter:
-        """The application process's Python, on the primary's cores when ``[host]`` shares them."""
+        """An application process's Python, on the primary's cores when ``[host]`` shares them."""
         s = self.scenario
         asynchronous = pool_kind(s.pool.kind).asynchronous
         if not s.host.gil and not asynchronous:
@@ -79,12 +95,14 @@ class Builder:
                   else self.streams.uniform("gil")),
         )
 
-    def backend(self, server: DatabaseServer | None = None) -> Backend:
-        """The application's pool in front of ``server`` (a new one by default)."""
+    def backend(self, server: Server | None = None,
+                interpreter: Interpreter | None = None) -> Backend:
+        """A pool of the application's (the process of ``interpreter``) in front of ``server``."""
         s = self.scenario
         server = self.server() if server is None else server
+        interp = self._interpreter if interpreter is None else interpreter
         pool = make_pool(self.env, server, self.recorder, s.pool, self._pool_uniform,
-                         self._interpreter, s.client)
+                         interp, s.client)
         return Backend(pool, server)
 
     def replicas(self) -> ReplicaSet | None:
@@ -106,9 +124,26 @@ class Builder:
     def workload(self) -> Workload:
         """The workload with everything behind it; the pools are started."""
         s = self.scenario
-        server = self.server()
+        many = s.fleet is not None or s.pgbouncer is not None or s.serverless is not None
+        if many:
+            self.recorder.count_tiers(pgbouncer=s.pgbouncer is not None)
+        server = self.server(direct=s.pgbouncer is None)
+        front = self.front(server)
+        if s.serverless is not None:
+            return ServerlessWorkload(self.env, s, front, self.recorder, self.streams,
+                                      lambda: self.interpreter(server))
         self._interpreter = interp = self.interpreter(server)
-        primary = self.backend(server)
+        primary = self.backend(front)
+        if s.fleet is not None and s.fleet.instances > 1:
+            processes = [(interp, primary)]
+            for _ in range(s.fleet.instances - 1):
+                other = self.interpreter(server)
+                processes.append((other, self.backend(front, other)))
+            fleet = Workload(self.env, s, primary, self.recorder, self.streams, interp,
+                             processes=processes)
+            for _, backend in processes:
+                backend.pool.start()
+            return fleet
         workload: Workload
         if s.keyed:
             replicas = self.replicas()

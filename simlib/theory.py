@@ -69,6 +69,25 @@ Caches and replicas (open workloads, key k requested with probability p_k)
     routing only other clients' writes can make a read stale
     (:func:`read_your_writes_stale_read_ratio`).
 
+Many processes: fleets, PgBouncer, serverless
+    A fleet of ``N`` instances, each with its own pool of ``c`` connections,
+    behind a load balancer that picks an instance at random, is ``N``
+    independent M/G/c queues, each fed ``λ/N`` (a random split of a Poisson
+    stream is Poisson): Erlang C or B per instance, and at most ``N·c``
+    connections reach Postgres, or ``max_connections`` of them when that is
+    less (:func:`fleet_server_connections_max`).  PgBouncer in transaction
+    mode lends ``default_pool_size`` server connections to transactions, FIFO:
+    M/M/c with ``c = default_pool_size`` whatever the number of clients, as
+    long as their pools never run out first.  Serverless environments at low
+    concurrency (``λ·d ≪ 1`` for invocations of ``d`` seconds): an invocation
+    is cold when the last one's environment was reclaimed (the gap after it
+    ended exceeded ``keep_warm``: memoryless, ``e^{−λ(d+k)}``) or is still
+    busy (``1 − e^{−λd}``): :func:`serverless_cold_start_probability`.  After
+    a step in the rate from 0 to ``λ``, no environment is free again until the
+    first cold invocation ends, so for its ``D`` seconds (cold start, connect,
+    query) every invocation is cold: ``λ`` cold starts per second, ``λ·D``
+    environments (:func:`serverless_step_cold_starts`).
+
 Notation throughout: ``λ`` arrival rate (requests per second), ``μ`` service
 rate per connection (1 / mean holding time), ``c`` number of connections,
 ``a = λ/μ`` offered load in Erlangs, ``ρ = a/c`` utilisation.  All formulas are
@@ -95,6 +114,7 @@ __all__ = [
     "allen_cunneen_mean_wait",
     "erlang_b",
     "erlang_c",
+    "fleet_server_connections_max",
     "littles_law",
     "littles_law_L",
     "littles_law_W",
@@ -108,6 +128,9 @@ __all__ = [
     "mmc_deterministic_patience",
     "mmk_ps_mean_response",
     "pk_mean_wait",
+    "serverless_cold_start_probability",
+    "serverless_environments_mean",
+    "serverless_step_cold_starts",
     "simulate_fifo_patience",
     "TtlCacheKey",
     "che_characteristic_time",
@@ -1040,3 +1063,61 @@ def read_your_writes_stale_read_ratio(
         raise ValueError("the formula needs window >= lag")
     others = w * p * lag * (n - 1) / n
     return read_your_writes_replica_share(w, window, n) * float(np.dot(p, -np.expm1(-others)))
+
+
+# ---------------------------------------------------------------------------
+# Many processes: fleets, serverless (PgBouncer in transaction mode is mmc)
+
+
+def fleet_server_connections_max(instances: int, pool_limit: int, max_connections: int) -> int:
+    """The most connections a fleet's pools can hold on Postgres at once.
+
+    Each of ``instances`` processes opens up to ``pool_limit`` (SQLAlchemy's
+    ``pool_size + max_overflow``, psycopg2's ``maxconn``); Postgres refuses
+    the ones past ``max_connections`` (superuser slots left aside).  Under
+    enough load to fill every pool the peak *is* this bound.
+    """
+    _count("instances", instances, 1)
+    _count("pool_limit", pool_limit, 1)
+    _count("max_connections", max_connections, 1)
+    return min(instances * pool_limit, max_connections)
+
+
+def serverless_cold_start_probability(rate: float, keep_warm: float, duration: float) -> float:
+    """P(an invocation starts cold) at low concurrency (``rate * duration`` well below 1).
+
+    The previous invocation's environment is busy for ``duration`` after it
+    arrived, then idle for ``keep_warm`` before it is reclaimed.  The next
+    arrival, a Poisson gap later, finds it busy with probability
+    ``1 - e^{-λd}`` (so a new environment starts cold) and reclaimed with
+    probability ``e^{-λ(d+k)}``; in between it is warm.  Neglects the rare
+    second environment an overlap leaves behind (an error of order ``λd``).
+    """
+    lam = _positive("rate", rate)
+    k = _non_negative("keep_warm", keep_warm)
+    d = _non_negative("duration", duration)
+    return math.exp(-lam * (d + k)) + 1.0 - math.exp(-lam * d)
+
+
+def serverless_environments_mean(rate: float, keep_warm: float, duration: float) -> float:
+    """Time-average environments alive at low concurrency: ``1 - e^{-λ(d+k)}``.
+
+    One environment is alive from an invocation's arrival until the next
+    arrival or ``duration + keep_warm`` later, whichever is first; over a
+    Poisson gap that is ``E[min(G, d+k)] / E[G]`` of the time (renewal-reward).
+    """
+    lam = _positive("rate", rate)
+    k = _non_negative("keep_warm", keep_warm)
+    d = _non_negative("duration", duration)
+    return 1.0 - math.exp(-lam * (d + k))
+
+
+def serverless_step_cold_starts(rate: float, cold_duration: float) -> float:
+    """Cold starts in the first ``cold_duration`` seconds after the rate steps from 0 to ``rate``.
+
+    No environment is free before the first cold invocation has ended
+    (``cold_duration``: cold start, connect, query), so every arrival in
+    that time creates one: ``rate`` cold starts per second, ``rate *
+    cold_duration`` in all, each holding a connection of its own: the storm.
+    """
+    return _positive("rate", rate) * _non_negative("cold_duration", cold_duration)

@@ -26,9 +26,10 @@ from :meth:`Workload.begin` to :meth:`Workload.finish`).
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from collections.abc import Callable, Generator
-from typing import Any
+from collections.abc import Callable, Generator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import simpy
 
@@ -37,8 +38,10 @@ from simlib.interpreter import Interpreter, Unlocked
 from simlib.metrics import OK, Recorder
 from simlib.pools import pool_kind
 from simlib.request import Backend, Leaks, Request, RequestPath
-from simlib.scenario import Scenario
 from simlib.streams import Streams
+
+if TYPE_CHECKING:  # annotations only: simlib.scenario imports the tiers built on this module
+    from simlib.scenario import Scenario
 
 #: A closed-loop client whose request failed in less than this (a psycopg2
 #: pool that is exhausted fails at once) pauses this long before the next
@@ -91,15 +94,44 @@ def _sampler(streams: Streams, name: str, dist: Distribution) -> Callable[[], fl
     return streams.distribution(name, dist)
 
 
+class Instance:
+    """One application process: its Python, its pool, its request path, its worker threads.
+
+    A scenario without ``[fleet]`` has one; a fleet has ``instances`` of
+    them, each with a pool of its own in front of the same server.
+    """
+
+    __slots__ = ("interpreter", "backend", "path", "threads", "busy_threads", "backlog")
+
+    def __init__(self, interpreter: Interpreter, backend: Backend, path: RequestPath,
+                 threads: int | None) -> None:
+        self.interpreter = interpreter
+        self.backend = backend
+        self.path = path
+        #: an open loop's worker threads (a ThreadPoolExecutor); None: unbounded
+        self.threads = threads
+        self.busy_threads = 0
+        self.backlog: deque[Request] = deque()  # requests queued for a thread
+
+
 class Workload:
-    """Generates requests and carries each one through the pool and the database."""
+    """Generates requests and carries each one through the pool and the database.
+
+    ``processes``: the application processes as (interpreter, backend) pairs,
+    for a fleet; by default the one process of ``interpreter`` and
+    ``primary``.
+
+    Extension hooks: :meth:`serve` (one request) and :meth:`arrive` (what an
+    open loop does with each arrival: pick a process and a thread).
+    """
 
     def __init__(
         self, env: simpy.Environment, scenario: Scenario, primary: Backend, recorder: Recorder,
         streams: Streams, interpreter: Interpreter | None = None,
+        processes: Sequence[tuple[Interpreter, Backend]] | None = None,
     ) -> None:
         self.env = env
-        #: the application process's Python: requests take turns at it
+        #: the (first) application process's Python: requests take turns at it
         self.interpreter = Unlocked(env) if interpreter is None else interpreter
         self.config = config = scenario.workload
         self.primary = primary
@@ -124,17 +156,29 @@ class Workload:
             leaks = Leaks(client.leak_fraction, streams.uniform("leaks"),
                           streams.distribution("leak_time", client.leak_time),
                           client.leak_in_transaction)
-        self.path = RequestPath(env, recorder, service, _sampler(streams, "hold", client.hold),
-                                self.interpreter, leaks, client.cpu_share)
+        hold = _sampler(streams, "hold", client.hold)
+
+        def path(interp: Interpreter) -> RequestPath:
+            return RequestPath(env, recorder, service, hold, interp, leaks, client.cpu_share)
+
+        self.make_path = path
+        self.path = path(self.interpreter)
         # Requests that arrived in the measured window and are not finished:
         # the run ends when this reaches zero after the window (or at a limit).
         self.pending = 0
         self.drained = env.event()
-        # An open loop's worker threads (a ThreadPoolExecutor): arrivals that
+        # Each process's worker threads (a ThreadPoolExecutor): arrivals that
         # find them all busy wait in its queue, first come first served.
-        self.threads = open_loop_threads(scenario)
-        self.busy_threads = 0
-        self.backlog: deque[Request] = deque()  # requests queued for a thread
+        threads = open_loop_threads(scenario)
+        if processes is None:
+            self.instances = [Instance(self.interpreter, primary, self.path, threads)]
+        else:
+            self.instances = [Instance(i, b, self.path if i is self.interpreter else path(i),
+                                       threads) for i, b in processes]
+        # Which process an open arrival goes to: drawn only for a fleet, so
+        # one process draws nothing extra (and keeps its results).
+        self._pick = streams.uniform("instances") if len(self.instances) > 1 else None
+        self._rate_at = config.rate_at
 
     def start(self) -> None:
         if self.config.kind == "open":
@@ -147,20 +191,52 @@ class Workload:
     # -- load shapes --------------------------------------------------------
     def _arrivals(self) -> Generator[simpy.Event, Any, None]:
         env = self.env
+        schedule = self.config.rate_schedule
+        if schedule is not None:
+            yield from self._scheduled_arrivals(schedule)
+            return
         gap = self.streams.exponential("arrivals", 1.0 / self.config.rate)
-        process = env.process
-        request = self._open_request
-        threads = self.threads
+        arrive = self.arrive
         while True:
             yield env.timeout(gap())
-            if threads is not None and self.busy_threads >= threads:
-                # It has arrived (and is counted, in flight) though no thread runs it yet.
-                self.backlog.append(self.begin(-1))
-            else:
-                self.busy_threads += 1
-                process(request())
+            arrive()
 
-    def _open_request(self) -> Generator[simpy.Event, Any, None]:
+    def _scheduled_arrivals(
+        self, schedule: tuple[tuple[float, float], ...]
+    ) -> Generator[simpy.Event, Any, None]:
+        """A Poisson process whose rate is piecewise constant (``rate_schedule``).
+
+        Within a piece, gaps are exponential at its rate.  A gap that would
+        cross into the next piece is cut at the boundary and drawn afresh
+        there at the new rate: exact, because the exponential is memoryless.
+        """
+        env = self.env
+        unit = self.streams.exponential("arrivals", 1.0)
+        ends = [start for start, _ in schedule[1:]] + [math.inf]
+        for (_, rate), end in zip(schedule, ends, strict=True):
+            while True:
+                at = env.now + unit() / rate if rate > 0 else math.inf
+                if at >= end:
+                    if end == math.inf:
+                        return
+                    yield env.timeout(end - env.now)
+                    break
+                yield env.timeout(at - env.now)
+                self.arrive()
+
+    def arrive(self) -> None:
+        """An open arrival: to a process (random in a fleet), then a thread or its queue (hook)."""
+        instances = self.instances
+        inst = instances[0] if self._pick is None else instances[
+            min(int(self._pick() * len(instances)), len(instances) - 1)]
+        if inst.threads is not None and inst.busy_threads >= inst.threads:
+            # It has arrived (and is counted, in flight) though no thread runs it yet.
+            inst.backlog.append(self.begin(-1))
+        else:
+            inst.busy_threads += 1
+            self.env.process(self._open_request(inst))
+
+    def _open_request(self, inst: Instance) -> Generator[simpy.Event, Any, None]:
         """An open arrival: a thread (or task) that runs its request, then any queued ones.
 
         A worker of ``ThreadPoolExecutor`` that finishes a request takes the
@@ -170,24 +246,26 @@ class Workload:
         asks for one again before the waiter it woke can run: under
         overload, that is who overtakes QueuePool's waiters.
         """
-        interp = self.interpreter
+        interp = inst.interpreter
         yield from interp.take()
         request: Request | None = None
         while True:
-            ok = yield from self.serve(request=request)
+            ok = yield from self.serve(request=request, instance=inst)
             yield from interp.compute(self.after if ok else self.fail)
-            if not self.backlog:
+            if not inst.backlog:
                 break
-            request = self.backlog.popleft()
+            request = inst.backlog.popleft()
             request.woke = False  # its thread did not block: no wake-up to pay
-        self.busy_threads -= 1
+        inst.busy_threads -= 1
         interp.drop()
 
     def _client(
         self, think: Callable[[], float], client: int
     ) -> Generator[simpy.Event, Any, None]:
         env = self.env
-        interp = self.interpreter
+        # A fleet's clients are dealt out in turn: a virtual user keeps its process.
+        inst = self.instances[client % len(self.instances)]
+        interp = inst.interpreter
         thinking = self.config.think_time > 0
         if thinking:
             yield env.timeout(think())  # clients do not all start at once
@@ -195,7 +273,7 @@ class Workload:
         woke = True
         while True:
             started = env.now
-            ok = yield from self.serve(client, woke)
+            ok = yield from self.serve(client, woke, instance=inst)
             yield from interp.compute(self.after if ok else self.fail)
             # Without think time the client goes straight on to its next
             # request *still holding* the interpreter: that is how a thread
@@ -227,29 +305,33 @@ class Workload:
         return request
 
     def serve(self, client: int = -1, woke: bool = True,
-              request: Request | None = None) -> Serving:
+              request: Request | None = None, instance: Instance | None = None) -> Serving:
         """Carry one request through checkout, query and return; True if it succeeded (hook).
 
         ``client``: the closed-loop client sending it (-1: an open arrival);
         ``woke``: its thread was blocked just before (see ``Request.woke``);
         ``request``: one that arrived earlier and waited for a thread (else
-        it arrives now).  The caller holds the interpreter before and after.
+        it arrives now); ``instance``: the process serving it (None: the
+        first).  The caller holds the process's interpreter before and after.
         """
+        inst = self.instances[0] if instance is None else instance
         if request is None:
             request = self.begin(client, woke)
         if self._dispatch is not None:
             # The request's own code runs before it asks the pool (handler,
             # library checkout code): no connection held yet.
-            yield from self.dispatch(request)
-        outcome, got, done, _ = yield from self.path.use(request, self.primary)
+            yield from self.dispatch(request, inst.interpreter)
+        outcome, got, done, _ = yield from inst.path.use(request, inst.backend)
         self.finish(request, outcome, got, done)
         return outcome == OK
 
-    def dispatch(self, request: Request) -> Generator[simpy.Event, Any, None]:
+    def dispatch(self, request: Request, interpreter: Interpreter | None = None
+                 ) -> Generator[simpy.Event, Any, None]:
         """The request's ``[client] dispatch`` (the waiting part only if its thread woke)."""
         assert self._dispatch is not None
         share = self.cpu_share if request.woke else 1.0
-        yield from self.interpreter.work(self._dispatch(), share)
+        interp = self.interpreter if interpreter is None else interpreter
+        yield from interp.work(self._dispatch(), share)
 
     def finish(
         self, request: Request, outcome: int, got: float | None, query_done: float | None

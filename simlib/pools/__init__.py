@@ -18,7 +18,7 @@ from typing import Any
 
 import simpy
 
-from simlib.database import DatabaseServer
+from simlib.database import Server
 from simlib.interpreter import Interpreter
 from simlib.metrics import Recorder
 from simlib.pools.base import (
@@ -77,7 +77,7 @@ def pool_kind(key: str) -> PoolKind:
 
 def make_pool(
     env: simpy.Environment,
-    server: DatabaseServer,
+    server: Server,
     recorder: Recorder,
     config: PoolConfig,
     uniform: Callable[[], float],

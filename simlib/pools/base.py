@@ -54,7 +54,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 import simpy
 
 from simlib.config import Section
-from simlib.database import Connection, DatabaseServer
+from simlib.database import Connection, Server
 from simlib.interpreter import Interpreter, Unlocked
 from simlib.metrics import Recorder
 
@@ -262,7 +262,7 @@ class PoolModel(Generic[C]):
     def __init__(
         self,
         env: simpy.Environment,
-        server: DatabaseServer,
+        server: Server,
         recorder: Recorder,
         config: C,
         uniform: Callable[[], float],

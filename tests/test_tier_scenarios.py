@@ -1,4 +1,4 @@
-"""[fleet], [pgbouncer], [serverless] and workload.rate_schedule: checked at the edge, one line each.
+"""[fleet], [pgbouncer], [serverless], workload.rate_schedule: checked at the edge, one line each.
 
 And the few things about them that need no queueing theory: a schedule's
 arrivals follow its rates, a file round-trips through ``to_dict``, the

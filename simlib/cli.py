@@ -1,4 +1,4 @@
-"""Command line: ``python -m simlib run|sweep SCENARIO.toml ...``.
+"""Command line: ``python -m simlib run|sweep|advise SCENARIO.toml ...``.
 
 Bad input never produces a traceback: it prints one line on stderr naming
 what is wrong and what is allowed, and exits with status 2.
@@ -75,6 +75,14 @@ def build_parser() -> Parser:
     sw.add_argument("--out", metavar="CSV", help="CSV file (default: results/<name>-sweep.csv)")
     sw.add_argument("--plot", metavar="PNG", help="figure (default: next to the CSV, .png)")
     sw.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    ad = sub.add_parser("advise", help="the smallest setting whose 95%% interval meets every SLO")
+    common(ad)
+    ad.add_argument("--vary", required=True, metavar="KEY=VALUES",
+                    help="the one setting to size, e.g. pool.pool_size=1..50")
+    ad.add_argument("--slo", action="append", default=[], required=True, metavar="METRIC<=X",
+                    help="an objective, e.g. 'latency_p99_ms<=50' (repeat for more)")
+    ad.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -137,16 +145,62 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _advise(args: argparse.Namespace) -> int:
+    from simlib.advise import advise, parse_objective, settings  # pandas: only here
+    from simlib.sweep import parse_grid
+
+    scenario = load_scenario(args.scenario, args.overrides)
+    objectives = [parse_objective(text) for text in args.slo]
+    try:
+        key, values = parse_grid(args.vary)
+    except ScenarioError as error:  # the grid's wording, under this option's name
+        raise ScenarioError(error.field.replace("--grid", "--vary"), error.problem,
+                            error.got) from None
+    progress = not (args.no_progress or args.json) and sys.stderr.isatty()
+    advice = advise(scenario, key, values, objectives, workers=args.workers, progress=progress)
+    if args.json:
+        print(json.dumps(advice.to_json(), allow_nan=False))
+        return 0
+    frame = advice.table
+    cols = [key, *dict.fromkeys(o.metric for o in objectives), "meets_slo",
+            "worst_case_connections"]
+    print(frame[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    limit = scenario.database.max_connections
+    flagged = [v for v, bad in zip(frame[key], frame["exceeds_max_connections"], strict=True)
+               if bad]
+    if advice.recommended is None:
+        print(f"no value of {key} meets {', '.join(map(str, objectives))} with 95% confidence")
+    else:
+        print(f"recommended: {key} = {advice.recommended} (the smallest whose 95% interval "
+              f"meets {', '.join(map(str, objectives))})")
+        print("\n".join(settings(advice.scenario)))
+    if flagged:
+        print(f"warning: at {key} = {', '.join(map(str, flagged))} the worst case opens more "
+              f"than max_connections = {limit} connections on Postgres")
+    if "exceeds_max_client_conn" in frame:
+        over = [v for v, bad in zip(frame[key], frame["exceeds_max_client_conn"], strict=True)
+                if bad]
+        if over:
+            print(f"warning: at {key} = {', '.join(map(str, over))} the pools may open more "
+                  "client connections than PgBouncer's max_client_conn")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         if getattr(args, "workers", None) is not None and args.workers < 1:
             raise UsageError(f"--workers: must be an integer >= 1, got {args.workers}")
-        return _run(args) if args.command == "run" else _sweep(args)
+        commands = {"run": _run, "sweep": _sweep, "advise": _advise}
+        return commands[args.command](args)
     except (ScenarioError, UsageError) as e:
         print(f"simlib: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("simlib: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``| head``): nothing more to say, and no traceback.
+        sys.stderr.close()
+        return 0

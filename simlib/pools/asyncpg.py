@@ -240,4 +240,5 @@ KIND = base.PoolKind(
     ),
     source="asyncpg/pool.py (Pool, PoolConnectionHolder)",
     asynchronous=True,
+    call="await asyncpg.create_pool(URL, {args})",
 )

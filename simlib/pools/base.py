@@ -12,7 +12,9 @@ library, in one object.
 * ``rules``: the rules modelled, in a sentence or three (the README's table);
 * ``source``: where in the library those rules were read;
 * ``asynchronous``: its requests are asyncio tasks on one event loop, not
-  threads (:mod:`simlib.interpreter`: no forced switches).
+  threads (:mod:`simlib.interpreter`: no forced switches);
+* ``call``: how an application creates it, with ``{args}`` for the settings
+  (``simlib advise`` prints the recommended ones this way).
 
 Scenario validation, :func:`simlib.pools.make_pool`, the live calibration and
 the README's rules table all read these descriptors, so adding a library is
@@ -367,6 +369,8 @@ class PoolKind:
     source: str
     #: asyncio tasks on one event loop (never preempted), not threads
     asynchronous: bool = False
+    #: how an application makes this pool, ``{args}`` for its settings (``advise`` prints it)
+    call: str = "{args}"
 
     def __post_init__(self) -> None:
         if self.config.kind != self.key:

@@ -50,4 +50,5 @@ KIND = base.PoolKind(
     model=NoPoolModel,
     rules="connect per request, close afterwards",
     source="psycopg2.connect() per request; SQLAlchemy's NullPool",
+    call="psycopg2.connect(URL)  # in every request",
 )

@@ -134,4 +134,5 @@ KIND = base.PoolKind(
         "happen while holding the pool's lock, so they queue"
     ),
     source="psycopg2/pool.py (AbstractConnectionPool, ThreadedConnectionPool)",
+    call="psycopg2.pool.ThreadedConnectionPool({args}, dsn=URL)",
 )

@@ -222,4 +222,5 @@ KIND = base.PoolKind(
         "back-off 1 s ×2"
     ),
     source="psycopg_pool/pool.py (ConnectionPool)",
+    call="psycopg_pool.ConnectionPool(URL, {args})",
 )

@@ -185,4 +185,5 @@ KIND = base.PoolKind(
     model=QueuePoolModel,
     rules=RULES,
     source="sqlalchemy/pool/impl.py (QueuePool), sqlalchemy/pool/base.py",
+    call="sqlalchemy.create_engine(URL, {args})",
 )

@@ -56,4 +56,5 @@ KIND = base.PoolKind(
     ),
     source="sqlalchemy/pool/impl.py (AsyncAdaptedQueuePool), sqlalchemy/ext/asyncio/engine.py",
     asynchronous=True,
+    call="sqlalchemy.ext.asyncio.create_async_engine(URL, {args})",
 )

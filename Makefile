@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	@touch $@
 
-# Postgres, Redis and pgbench binaries for the live tests (apt-get, when root and missing).
+# Postgres, Redis, pgbench and PgBouncer binaries for the live tests (apt-get, when root and missing).
 services-deps:
 	@bash scripts/install-services.sh
 

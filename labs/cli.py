@@ -6,7 +6,8 @@
     python -m labs compare SCENARIO.toml [--set KEY=VALUE ...] [--json]
     python -m labs validate [--only NAME] [--set KEY=VALUE ...] [--quick] [--json]
                             [--markdown] [--out FILE] [--strict]
-    python -m labs services up [--replicas N] [--no-redis] [--max-connections N] [--json]
+    python -m labs services up [--replicas N] [--no-redis] [--max-connections N]
+                               [--pgbouncer] [--json]
     python -m labs services down [--json]
     python -m labs services status [--json]
 
@@ -75,12 +76,17 @@ def build_parser() -> Parser:
 
     services = sub.add_parser("services", help="start, stop or inspect local servers")
     ssub = services.add_subparsers(dest="action", required=True, parser_class=Parser)
-    up = ssub.add_parser("up", help="start Postgres (primary + replicas) and Redis, detached")
+    up = ssub.add_parser(
+        "up", help="start Postgres (primary + replicas), Redis and PgBouncer, detached"
+    )
     up.add_argument("--replicas", type=int, default=1, metavar="N", help="streaming replicas")
     up.add_argument("--no-redis", action="store_true", help="do not start Redis")
     up.add_argument(
         "--max-connections", type=int, default=100, metavar="N", help="Postgres max_connections"
     )
+    up.add_argument("--pgbouncer", action="store_true",
+                    help="also PgBouncer in front of the primary (its default settings; a "
+                    "scenario's [pgbouncer] is applied per run)")
     ssub.add_parser("down", help="stop what `services up` started and delete its files")
     ssub.add_parser("status", help="show which services `labs run` would use")
     for p in ssub.choices.values():
@@ -106,6 +112,8 @@ def _services_info(scenario: Scenario, svc: Services) -> dict[str, object]:
     }
     if scenario.replicas is not None and not svc.can_configure:
         info["replica_delay"] = svc.replica_delay()
+    if scenario.pgbouncer is not None:
+        info["pgbouncer"] = svc.pgbouncer is not None
     return info
 
 
@@ -248,7 +256,13 @@ def _services_up(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-connections: must be an integer >= 1, got {args.max_connections}")
     state = discovery.read_state()
     if state is not None:
-        if not discovery.state_problems(state):
+        problems = discovery.state_problems(state)
+        if args.pgbouncer and not problems and not state.get("pgbouncer"):
+            raise UsageError(
+                "--pgbouncer: `labs services up` is already running without PgBouncer; "
+                "run `python -m labs services down` first"
+            )
+        if not problems:
             doc = discovery.describe(env={})
             doc["already_running"] = True
             if not args.json:
@@ -259,7 +273,7 @@ def _services_up(args: argparse.Namespace) -> int:
         discovery.remove_state()
     discovery.check_state_dir()  # before starting servers it could not record
     wants = {"replicas": args.replicas, "redis": not args.no_redis,
-             "max_connections": args.max_connections}
+             "max_connections": args.max_connections, "pgbouncer": args.pgbouncer}
     with signals_raise():
         cluster = discovery.LocalCluster.start(wants, detached=True)
         try:

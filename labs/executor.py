@@ -33,8 +33,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from psycopg2.extensions import parse_dsn
+
 from labs.access import KeyedDriver, prepare_table, wait_for_replicas
 from labs.drivers import driver_class
+from labs.fleet import check_fleet, drive_fleet
 from labs.host import CpuMeter
 from labs.json_out import json_safe
 from labs.live_metrics import (
@@ -49,15 +52,18 @@ from labs.loadgen import Driven, LoadFacts, drive
 from labs.probes import (
     CacheMonitor,
     Monitor,
+    PgBouncerMonitor,
     Probe,
     ReplicaMonitors,
     ReplicationMonitor,
+    ServerMonitor,
     cancel_backends,
     session_counts,
+    step_average,
 )
 from labs.query import QuerySpec, calibrate_cpu
 from labs.records import Record, RunContext
-from labs.topology import Topology
+from labs.topology import Endpoint, Topology
 from simlib.scenario import Scenario
 from simlib.simulation import DRAIN_FACTOR, DRAIN_MIN
 
@@ -190,10 +196,28 @@ def session_settings(scenario: Scenario) -> dict[str, str]:
     return {"idle_in_transaction_session_timeout": str(max(1, round(timeout * 1000.0)))}
 
 
+def tiers(scenario: Scenario) -> bool:
+    """The scenario has many processes or PgBouncer: Postgres's own count is measured too."""
+    return (scenario.fleet is not None or scenario.pgbouncer is not None
+            or scenario.serverless is not None)
+
+
+def _pgbouncer(scenario: Scenario, topology: Topology) -> Endpoint | None:
+    """The PgBouncer the run's pools connect to (None without ``[pgbouncer]``)."""
+    if scenario.pgbouncer is None:
+        return None
+    bouncer = topology.endpoint("pgbouncer")
+    if bouncer is None:
+        raise ValueError("pgbouncer: the scenario has a [pgbouncer] and needs a PgBouncer, "
+                         "got none (set LABS_PGBOUNCER or run `labs services up --pgbouncer`)")
+    return bouncer
+
+
 def plan_run(scenario: Scenario, topology: Topology, drain_limit: float | None = None) -> Plan:
     """Phase 1: everything a run needs before its first request (see the module doc)."""
     w = scenario.workload
     topology = _topology_for(scenario, topology)
+    check_fleet(scenario)
     if drain_limit is None:
         drain_limit = max(DRAIN_MIN, DRAIN_FACTOR * w.duration)
     app = f"labs-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -214,8 +238,12 @@ def plan_run(scenario: Scenario, topology: Topology, drain_limit: float | None =
     admin = topology.primary.admin_dsn
     query = _query(scenario, admin, details)
     details["query"] = query.sql("pyformat")
-    ctx = RunContext(dsn=topology.primary.dsn, application_name=app, query=query,
-                     session_settings=session_settings(scenario))
+    bouncer = _pgbouncer(scenario, topology)
+    ctx = RunContext(dsn=topology.primary.dsn if bouncer is None else bouncer.dsn,
+                     application_name=app, query=query,
+                     session_settings=session_settings(scenario),
+                     multiplexed=scenario.pgbouncer is not None
+                     and scenario.pgbouncer.pool_mode != "session")
     if ctx.session_settings:
         details["session_settings"] = dict(ctx.session_settings)
     driver = _driver(scenario, topology, ctx)
@@ -228,12 +256,30 @@ def plan_run(scenario: Scenario, topology: Topology, drain_limit: float | None =
                    ReplicationMonitor(admin, ctx.now)]
     if isinstance(driver, KeyedDriver) and driver.cache is not None:
         probes.append(CacheMonitor(driver.cache.url, driver.cache.prefix, ctx.now))
+    if tiers(scenario):
+        user = parse_dsn(topology.primary.dsn).get("user", "")
+        probes.append(ServerMonitor(admin, user, app, ctx.now))
+    if bouncer is not None:
+        database = parse_dsn(bouncer.dsn).get("dbname", "")
+        probes.append(PgBouncerMonitor(bouncer.admin_dsn, database, ctx.now))
+        assert scenario.pgbouncer is not None
+        details["pgbouncer"] = {"port": parse_dsn(bouncer.dsn).get("port"),
+                                "pool_mode": scenario.pgbouncer.pool_mode}
     return Plan(scenario, topology, ctx, driver, monitor, probes, drain_limit, details)
 
 
 def drive_run(plan: Plan, progress: bool = False) -> DriveResult:
-    """Phase 2: open the pool, run the load with the probes watching, close the pool."""
+    """Phase 2: open the pool, run the load with the probes watching, close the pool.
+
+    A fleet's instances each open their own, in processes of their own
+    (:mod:`labs.fleet`).
+    """
     ctx, admin, app = plan.ctx, plan.admin, plan.ctx.application_name
+    fleet = plan.scenario.fleet
+    if fleet is not None and fleet.instances > 1:
+        run = drive_fleet(plan.scenario, ctx, admin, plan.probes, plan.drain_limit)
+        plan.details["fleet"] = run.details
+        return DriveResult(run.records, run.facts, run.cpu, run.run_end, run.sessions)
     before = session_counts(admin)
 
     def start_probes() -> None:
@@ -272,8 +318,14 @@ def measure_run(plan: Plan, run: DriveResult) -> LiveResult:
         if isinstance(probe, ReplicaMonitors):  # connections_mean counts every database's
             mean += probe.time_average(start, end)
             idle_tx += probe.idle_in_transaction_mean(start, end)
+    bouncer = next((p for p in plan.probes if isinstance(p, PgBouncerMonitor)), None)
+    if bouncer is not None:
+        # The pools' connections are PgBouncer's clients: Postgres never sees them.
+        mean = _client_mean(bouncer, start, end)
     values = metrics(run.records, plan.scenario, window, ctx.connects, mean, idle_tx)
     facts, server = request_facts(run.records, window, ctx.connects, ctx.connect_durations)
+    if tiers(plan.scenario):
+        values.update(_tier_values(plan, server, start, end))
     details = dict(plan.details)
     details.update(dataclasses.asdict(run.facts))
     capacity = getattr(getattr(plan.driver, "cache", None), "capacity", None)
@@ -309,6 +361,39 @@ def measure_run(plan: Plan, run: DriveResult) -> LiveResult:
         report.update(probe.summary(start, end))
     return LiveResult(plan.scenario, values, report, details, run.records,
                       list(ctx.connect_durations))
+
+
+def _client_mean(bouncer: PgBouncerMonitor, start: float, end: float) -> float:
+    """Time-average client connections at PgBouncer (``cl_active + cl_waiting``)."""
+    times = [r[0] for r in bouncer.samples]
+    return step_average(times, [r[1] + r[2] for r in bouncer.samples], start, end)
+
+
+def _tier_values(plan: Plan, server: dict[str, Any], start: float, end: float
+                 ) -> dict[str, float]:
+    """``server_connections_*``, refusals, PgBouncer's wait: as Postgres and PgBouncer saw them."""
+    duration = end - start
+    values: dict[str, float] = {}
+    for probe in plan.probes:
+        if isinstance(probe, ServerMonitor):
+            seen = probe.summary(start, end)
+            values["server_connections_mean"] = _number(seen["server_connections_mean"])
+            values["server_connections_max"] = _number(seen["server_connections_max"])
+            opened = _number(seen["server_connections_opened"])
+            if plan.scenario.pgbouncer is None and plan.scenario.serverless is None:
+                # The pools' own connects are Postgres's: exact, not sampled.
+                opened = float(len([t for t in plan.ctx.connects if start <= t < end]))
+            values["server_connections_opened_per_s"] = opened / duration
+        if isinstance(probe, PgBouncerMonitor):
+            values["pgbouncer_wait_mean_ms"] = probe.wait_mean_ms(start, end)
+    refusals = server.get("refusals")
+    if isinstance(refusals, int | float):
+        values["server_refused_per_s"] = refusals / duration
+    return values
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else float("nan")
 
 
 def _drivers(driver: Driven) -> list[Any]:

@@ -73,7 +73,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -84,7 +84,7 @@ from labs.records import Record, RunContext
 from labs.steps import Steps, run, run_async
 from simlib.scenario import Scenario
 from simlib.streams import _BATCH, STREAM_NAMES, Sampler, Streams, generator
-from simlib.workload import FAILED_REQUEST_PAUSE, default_threads
+from simlib.workload import FAILED_REQUEST_PAUSE, default_threads, scheduled_arrival_times
 
 __all__ = [
     "LeakDraws",
@@ -99,8 +99,17 @@ __all__ = [
 ]
 
 
-def arrival_times(seed: int, rate: float) -> Iterator[float]:
-    """Poisson arrival times (seconds from the start), the same ones simlib draws."""
+def arrival_times(seed: int, rate: float,
+                  schedule: Sequence[tuple[float, float]] | None = None) -> Iterator[float]:
+    """Poisson arrival times (seconds from the start), the same ones simlib draws.
+
+    With a ``rate_schedule``, simlib's own walk of it
+    (:func:`simlib.workload.scheduled_arrival_times`) over the same stream.
+    """
+    if schedule is not None:
+        yield from scheduled_arrival_times(
+            schedule, Streams(seed, 0).exponential("arrivals", 1.0))
+        return
     rng = generator(seed, 0, "arrivals")
     mean = 1.0 / rate
     t = 0.0
@@ -318,8 +327,12 @@ class Load:
         progress: bool,
         collector: _Collector,
         share: tuple[int, int] | None = None,
+        instance: tuple[int, int] | None = None,
     ) -> None:
         w = scenario.workload
+        #: (k, n): this process is instance k of a fleet of n, and takes the
+        #: arrivals simlib sends there (None: every arrival of its share)
+        self.instance = instance
         self.driver = driver
         self.ctx = ctx
         self.scenario = scenario
@@ -342,11 +355,19 @@ class Load:
         """The open loop's requests in arrival order (only this process's share of them)."""
         mine, of = self.share if self.share is not None else (0, 1)
         service, assign, leaks = self.service, self.assign, self.leaks
-        for i, t in enumerate(arrival_times(self.scenario.seed, self.scenario.workload.rate)):
+        w = self.scenario.workload
+        instance = self.instance
+        pick = None if instance is None else Streams(self.scenario.seed, 0).uniform("instances")
+        for i, t in enumerate(arrival_times(self.scenario.seed, w.rate, w.rate_schedule)):
             drawn = service()  # every request's draw, to keep the stream in step
             leak = leaks() if leaks is not None else 0.0
             if of > 1 and i % of != mine:
                 continue
+            if pick is not None and instance is not None:
+                # simlib's split of the arrivals over a fleet (Workload.arrive).
+                k, n = instance
+                if min(int(pick() * n), n - 1) != k:
+                    continue
             rec = Record(i, t, drawn)
             rec.leak = leak
             if assign is not None:
@@ -580,6 +601,7 @@ def drive(
     share: tuple[int, int] | None = None,
     start_at: float | None = None,
     threads: int | None = None,
+    instance: tuple[int, int] | None = None,
 ) -> tuple[list[Record], LoadFacts]:
     """Open ``driver``, run ``scenario``'s load through it, close it: the records and facts.
 
@@ -591,9 +613,15 @@ def drive(
     modulo ``n``; ``start_at``: the ``time.perf_counter()`` value that is
     time zero (the driver is opened before it), so that ``n`` processes run
     one schedule together.  ``threads``: worker threads for an open loop of a
-    thread-based driver (default :func:`thread_count`).
+    thread-based driver (default :func:`thread_count`).  ``instance=(k, n)``:
+    this process is instance ``k`` of a fleet of ``n`` and issues the
+    arrivals simlib's fleet sends to instance ``k`` (a uniform draw per
+    arrival on the "instances" stream).
     """
     w = scenario.workload
+    if instance is not None and (w.kind != "open" or not 0 <= instance[0] < instance[1]):
+        raise ValueError(f"instance={instance}: only an open loop is split over a fleet, "
+                         "as k of n (0 <= k < n)")
     if share is not None:
         k, n = share
         if w.kind != "open" or not 0 <= k < n:
@@ -603,7 +631,7 @@ def drive(
             raise ValueError("share: the keyed path draws keys in arrival order; run it whole")
     with _Collector() as collector:
         load = Load(driver, ctx, scenario, drain_limit=drain_limit, progress=progress,
-                    collector=collector, share=share)
+                    collector=collector, share=share, instance=instance)
         if not driver.asynchronous:
             n = threads or thread_count(driver.limit, w.kind, w.clients,
                                         scenario.host.threads)

@@ -19,6 +19,14 @@ is one class here):
 * :class:`ReplicaMonitors`: one :class:`Monitor` per streaming replica.
 * :class:`ReplicationMonitor`: replication lag as the primary reports it.
 * :class:`CacheMonitor`: keys held, evictions, expiries and memory in Redis.
+* :class:`ServerMonitor`: every backend of the run's *user*, whoever opened
+  it: the connections Postgres counts against ``max_connections`` when a
+  fleet's processes or PgBouncer's servers stand between the run and the
+  server (``server_connections_*``).
+* :class:`PgBouncerMonitor`: PgBouncer's ``SHOW POOLS`` every ~50 ms
+  (``cl_waiting``, ``sv_active``, ``maxwait``) and ``SHOW STATS`` every
+  ~0.25 s, whose ``total_wait_time / total_xact_count`` over the window is
+  ``pgbouncer_wait_mean_ms``.
 
 Two one-off reads complete the server's view: ``sessions`` of
 ``pg_stat_database`` (Postgres 14+) before and after the run
@@ -42,14 +50,18 @@ import numpy as np
 import psycopg2
 import redis
 
+from labs.pgbouncer_admin import Console, pool_of, stats_of
+
 __all__ = [
     "BACKENDS",
     "IDLE_IN_TRANSACTION",
     "CacheMonitor",
     "Monitor",
+    "PgBouncerMonitor",
     "Probe",
     "ReplicaMonitors",
     "ReplicationMonitor",
+    "ServerMonitor",
     "cancel_backends",
     "database_sessions",
     "session_counts",
@@ -405,4 +417,112 @@ class CacheMonitor(_Sampler):
             "redis_maxmemory": int(window[-1][5]),
             "cache_samples": len(window),
             "cache_monitor_errors": self.errors,
+        }
+
+
+class ServerMonitor(_Sampler):
+    """Every client backend of ``user`` on the primary but the monitors: what Postgres counts.
+
+    A sample is ``(t, backends)``; each pid's first sighting is kept, so the
+    backends *opened* in a window are the pids first seen in it.  At 50 ms a
+    backend that lives shorter may be missed: the count of opened ones is
+    for long-lived connections (PgBouncer's servers, a fleet's pools).
+    """
+
+    SQL = ("SELECT pid FROM pg_stat_activity WHERE usename = %s "
+           "AND backend_type = 'client backend' AND application_name NOT LIKE '%%-monitor'")
+
+    def __init__(self, dsn: str, user: str, app: str, clock: Clock,
+                 interval: float = SAMPLE_INTERVAL) -> None:
+        super().__init__(clock, interval)
+        self.user = user
+        self.first_seen: dict[int, float] = {}
+        self._conn = _connect(dsn, app + "-server-monitor")
+        self._cur = self._conn.cursor()
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except psycopg2.Error:
+            pass
+
+    def sample(self) -> tuple[int]:
+        self._cur.execute(self.SQL, (self.user,))
+        pids = [pid for (pid,) in self._cur.fetchall()]
+        now = self.clock()
+        for pid in pids:
+            self.first_seen.setdefault(pid, now)
+        return (len(pids),)
+
+    def summary(self, start: float, end: float) -> dict[str, object]:
+        rows = self._window(start, end)
+        return {
+            "server_connections_mean": step_average([r[0] for r in self.samples],
+                                                    [r[1] for r in self.samples], start, end),
+            "server_connections_max": max((r[1] for r in rows), default=0),
+            "server_connections_opened": sum(1 for t in self.first_seen.values()
+                                             if start <= t < end),
+            "server_monitor_samples": len(rows),
+        }
+
+
+class PgBouncerMonitor(_Sampler):
+    """PgBouncer's admin console: ``SHOW POOLS`` every ``interval``, ``SHOW STATS`` every 5th.
+
+    A sample is ``(t, cl_waiting, cl_active, sv_active, sv_idle, servers,
+    maxwait_s, stats)``, ``stats`` ``(total_xact_count, total_wait_time µs)``
+    or None between stats reads, for the run's database.
+    """
+
+    def __init__(self, dsn: str, database: str, clock: Clock,
+                 interval: float = SAMPLE_INTERVAL) -> None:
+        super().__init__(clock, interval)
+        self.database = database
+        self._console = Console.open(dsn)
+        self._n = 0
+
+    def close(self) -> None:
+        try:
+            self._console.close()
+        except psycopg2.Error:
+            pass
+
+    def sample(self) -> tuple[Any, ...] | None:
+        pool = pool_of(self._console.pools(), self.database)
+        stats = None
+        if self._n % 5 == 0:
+            row = stats_of(self._console.stats(), self.database)
+            stats = None if row is None else (row.total_xact_count, row.total_wait_time)
+        self._n += 1
+        if pool is None:
+            return None
+        return (pool.cl_waiting, pool.cl_active, pool.sv_active, pool.sv_idle, pool.servers,
+                pool.wait, stats)
+
+    def wait_mean_ms(self, start: float, end: float) -> float:
+        """Mean wait per transaction over [start, end), from SHOW STATS (NaN: too few reads)."""
+        reads = [(r[0], r[7]) for r in self.samples if r[7] is not None]
+        before = [s for t, s in reads if t <= start]
+        after = [s for t, s in reads if t >= end]
+        first = before[-1] if before else next((s for t, s in reads if t > start), None)
+        last = after[0] if after else (reads[-1][1] if reads else None)
+        if first is None or last is None or last[0] <= first[0]:
+            return float("nan")
+        return (last[1] - first[1]) / 1000.0 / (last[0] - first[0])
+
+    def summary(self, start: float, end: float) -> dict[str, object]:
+        rows = self._window(start, end)
+        times = [r[0] for r in self.samples]
+
+        def mean(col: int) -> float:
+            return step_average(times, [r[col] for r in self.samples], start, end)
+
+        return {
+            "pgbouncer_cl_waiting_mean": mean(1),
+            "pgbouncer_cl_waiting_max": max((r[1] for r in rows), default=0),
+            "pgbouncer_sv_active_mean": mean(3),
+            "pgbouncer_servers_max": max((r[5] for r in rows), default=0),
+            "pgbouncer_maxwait_max_s": max((r[6] for r in rows), default=0.0),
+            "pgbouncer_wait_mean_ms": self.wait_mean_ms(start, end),
+            "pgbouncer_samples": len(rows),
         }

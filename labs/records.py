@@ -94,6 +94,9 @@ class RunContext:
     #: server settings for every session of the run (``-c name=value`` at connect,
     #: e.g. ``idle_in_transaction_session_timeout`` in ms); empty: the server's own
     session_settings: dict[str, str] = field(default_factory=dict)
+    #: the pools reach Postgres through PgBouncer in transaction or statement
+    #: mode, where a server connection changes between transactions
+    multiplexed: bool = False
 
     def for_database(self, dsn: str) -> RunContext:
         """A context for another database of the same run (a replica's pool).
@@ -130,6 +133,16 @@ class RunContext:
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
+
+    def asyncpg_options(self) -> dict[str, int]:
+        """asyncpg's connect options: no statement cache behind a multiplexing PgBouncer.
+
+        asyncpg prepares every statement once per connection and reuses it by
+        name; when PgBouncer hands the next transaction another server, that
+        name is unknown there (``prepared statement "__asyncpg_stmt_1__" does
+        not exist``), so the cache is turned off (``statement_cache_size=0``).
+        """
+        return {"statement_cache_size": 0} if self.multiplexed else {}
 
     def libpq_options(self) -> dict[str, str]:
         """``session_settings`` as libpq's ``options`` keyword (psycopg2, psycopg); {} if none.

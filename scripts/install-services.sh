@@ -40,11 +40,13 @@ missing_tools() {
         find_pg_tool "$tool" >/dev/null || echo "$tool"
     done
     command -v redis-server >/dev/null 2>&1 || echo redis-server
+    # Debian installs it in /usr/sbin, which is not on an ordinary user's PATH
+    command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || echo pgbouncer
 }
 
 missing=$(missing_tools | tr '\n' ' ' | sed 's/ $//')
 if [ -z "$missing" ]; then
-    echo "install-services: Postgres ($(dirname "$(find_pg_tool initdb)")) and redis-server present"
+    echo "install-services: Postgres ($(dirname "$(find_pg_tool initdb)")), redis-server and pgbouncer present"
     exit 0
 fi
 

@@ -208,7 +208,8 @@ def settings(scenario: Scenario) -> list[str]:
 
 def _defaults(config: type) -> Mapping[str, object]:
     try:
-        return config().to_dict()  # type: ignore[no-any-return]
+        defaults: Mapping[str, object] = config().to_dict()
+        return defaults
     except TypeError:  # a kind with required parameters: show them all
         return {}
 

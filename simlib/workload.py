@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import simpy
@@ -85,6 +85,32 @@ def open_loop_threads(scenario: Scenario) -> int | None:
     if limit is not None and scenario.keyed and scenario.replicas is not None:
         limit *= 1 + scenario.replicas.count
     return default_threads(limit)
+
+
+def scheduled_arrival_times(
+    schedule: Sequence[tuple[float, float]], unit: Callable[[], float]
+) -> Iterator[float]:
+    """The arrival times of a Poisson process whose rate is piecewise constant.
+
+    ``schedule``: ``(start second, rate)`` pieces (``[workload] rate_schedule``);
+    ``unit``: exponential draws of mean 1.  Within a piece the gaps are those
+    draws over its rate.  A gap that would cross into the next piece is cut
+    at the boundary and drawn afresh there at the new rate: exact, because
+    the exponential is memoryless.  simlib and the labs' load generator both
+    walk this, so a live run gets the arrival times simlib simulates.
+    """
+    ends = [start for start, _ in schedule[1:]] + [math.inf]
+    t = 0.0
+    for (_, rate), end in zip(schedule, ends, strict=True):
+        while True:
+            at = t + unit() / rate if rate > 0 else math.inf
+            if at >= end:
+                if end == math.inf:
+                    return
+                t = end
+                break
+            t = at
+            yield t
 
 
 def _sampler(streams: Streams, name: str, dist: Distribution) -> Callable[[], float] | None:
@@ -204,25 +230,11 @@ class Workload:
     def _scheduled_arrivals(
         self, schedule: tuple[tuple[float, float], ...]
     ) -> Generator[simpy.Event, Any, None]:
-        """A Poisson process whose rate is piecewise constant (``rate_schedule``).
-
-        Within a piece, gaps are exponential at its rate.  A gap that would
-        cross into the next piece is cut at the boundary and drawn afresh
-        there at the new rate: exact, because the exponential is memoryless.
-        """
+        """The arrivals of a ``rate_schedule`` (:func:`scheduled_arrival_times`)."""
         env = self.env
-        unit = self.streams.exponential("arrivals", 1.0)
-        ends = [start for start, _ in schedule[1:]] + [math.inf]
-        for (_, rate), end in zip(schedule, ends, strict=True):
-            while True:
-                at = env.now + unit() / rate if rate > 0 else math.inf
-                if at >= end:
-                    if end == math.inf:
-                        return
-                    yield env.timeout(end - env.now)
-                    break
-                yield env.timeout(at - env.now)
-                self.arrive()
+        for at in scheduled_arrival_times(schedule, self.streams.exponential("arrivals", 1.0)):
+            yield env.timeout(at - env.now)
+            self.arrive()
 
     def arrive(self) -> None:
         """An open arrival: to a process (random in a fleet), then a thread or its queue (hook)."""

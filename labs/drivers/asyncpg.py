@@ -91,6 +91,7 @@ class AsyncpgDriver(Driver):
             max_inactive_connection_lifetime=c.max_inactive_connection_lifetime,
             connect=timed_connect,
             server_settings={**ctx.session_settings, "application_name": ctx.application_name},
+            **ctx.asyncpg_options(),
             **extra,
         )
         self._timeout = None if c.timeout == float("inf") else c.timeout

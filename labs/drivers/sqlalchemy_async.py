@@ -64,6 +64,7 @@ class SQLAlchemyAsyncDriver(Driver):
             conn = await asyncpg.connect(
                 ctx.dsn,
                 server_settings={**ctx.session_settings, "application_name": ctx.application_name},
+                **ctx.asyncpg_options(),
             )
             ctx.connected(time.perf_counter() - t)
             return conn

@@ -1,8 +1,10 @@
-"""Postgres and Redis for live runs: found in the environment, started earlier with
-``python -m labs services up``, or started for one run and removed afterwards.
+"""Postgres, Redis and PgBouncer for live runs: found in the environment, started
+earlier with ``python -m labs services up``, or started for one run and removed
+afterwards.
 
 The layer is built around kinds of service (:mod:`labs.services.base`): each kind
--- Postgres (:mod:`.postgres`), Redis (:mod:`.redis`) -- is one module that
+-- Postgres (:mod:`.postgres`), Redis (:mod:`.redis`), PgBouncer
+(:mod:`.pgbouncer`) -- is one module that
 registers one :class:`ServiceKind`, and everything else loops over the registered
 kinds.  See :mod:`labs.services.discovery` for the order servers are looked for
 and :func:`services_for` (which hands a run a :class:`labs.topology.Topology`);
@@ -11,20 +13,23 @@ and :func:`services_for` (which hands a run a :class:`labs.topology.Topology`);
 environment are checked; :mod:`labs.services.common` for the life cycle every
 kind of local server shares.  The environment variables it reads:
 
-- ``LABS_PG_PRIMARY``, ``LABS_PG_REPLICAS`` (comma separated), ``LABS_REDIS``:
+- ``LABS_PG_PRIMARY``, ``LABS_PG_REPLICAS`` (comma separated), ``LABS_REDIS``,
+  ``LABS_PGBOUNCER`` (a DSN through it, used when a scenario has a ``[pgbouncer]``):
   servers of your own, used instead of starting any;
 - ``LABS_STATE_DIR``: where ``services up`` records what it started
   (default ``~/.cache/dbperf-labs``);
 - ``LABS_PG_BINDIR``: the directory with ``initdb``, ``pg_ctl``, ``postgres`` and
   ``pg_basebackup`` (default: found on PATH, by ``pg_config``, or in
   ``/usr/lib/postgresql/*/bin``); ``LABS_REDIS_SERVER``: the ``redis-server``
-  program (default: on PATH).  When set, they are the only place looked in;
-- ``LABS_PG_USER``: the unprivileged user Postgres runs as when labs runs as
-  root (default ``labs-postgres``, created when missing).
+  program (default: on PATH); ``LABS_PGBOUNCER_BIN``: the ``pgbouncer`` program
+  (default: on PATH, else ``/usr/sbin/pgbouncer``).  When set, they are the only
+  place looked in;
+- ``LABS_PG_USER``: the unprivileged user Postgres and PgBouncer run as when labs
+  runs as root (default ``labs-postgres``, created when missing).
 """
 
-# Importing a kind's module (postgres, redis) registers its kind: a new kind is
-# its module and one more import here.
+# Importing a kind's module (postgres, redis, pgbouncer) registers its kind: a new
+# kind is its module and one more import here.
 from labs.services.base import ServiceKind, Tier, kinds, register_kind
 from labs.services.common import ServiceError, free_port, processes_in
 from labs.services.discovery import (
@@ -44,6 +49,13 @@ from labs.services.discovery import (
     throwaway,
     write_state,
 )
+from labs.services.pgbouncer import (
+    PGBOUNCER,
+    PgBouncerServer,
+    apply_config,
+    find_pgbouncer,
+    start_pgbouncer,
+)
 from labs.services.postgres import (
     PostgresServer,
     connection_limit,
@@ -56,17 +68,21 @@ from labs.services.postgres import (
 from labs.services.redis import RedisServer, find_redis_server, start_redis
 
 __all__ = [
+    "PGBOUNCER",
     "LocalCluster",
+    "PgBouncerServer",
     "PostgresServer",
     "RedisServer",
     "ServiceError",
     "ServiceKind",
     "Services",
     "Tier",
+    "apply_config",
     "configure",
     "connection_limit",
     "describe",
     "find_bindir",
+    "find_pgbouncer",
     "find_redis_server",
     "free_port",
     "from_env",
@@ -82,6 +98,7 @@ __all__ = [
     "server_max_connections",
     "services_for",
     "services_for_scenario",
+    "start_pgbouncer",
     "start_primary",
     "start_redis",
     "start_replica",

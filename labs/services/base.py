@@ -1,7 +1,7 @@
 """Kinds of service: what the services layer needs to know about Postgres, Redis, ...
 
 A live run uses servers of a few kinds -- Postgres (a primary and streaming
-replicas), Redis; PgBouncer in front of the primary and a Prometheus server are
+replicas), Redis, PgBouncer in front of the primary; a Prometheus server is
 next.  The services layer (:mod:`labs.services.discovery`) finds them in the same
 three places whatever their kind (connection strings in the environment, the
 servers ``python -m labs services up`` started, throwaway local servers), so what
@@ -71,7 +71,9 @@ class ServiceKind(ABC, Generic[B]):
     order status tables list them), ``keywords`` (the ``services_for`` keywords it
     reads, with their defaults), ``server`` (its :class:`LocalServer` subclass,
     which also restores its servers from a state file) and optionally ``rank``
-    (lower starts first), and implement
+    (lower starts first) and ``optional`` (only runs that ask for it need its
+    program -- PgBouncer -- so :func:`~labs.services.cluster.missing_binaries`
+    looks for it only when asked by name), and implement
 
     - :meth:`find_binary`: the program(s) its local servers run, or a one-line
       :class:`ServiceError` naming the package to install (with the
@@ -105,6 +107,7 @@ class ServiceKind(ABC, Generic[B]):
     keywords: ClassVar[Mapping[str, object]]
     server: ClassVar[type[LocalServer]]
     rank: ClassVar[int] = 50
+    optional: ClassVar[bool] = False
 
     @abstractmethod
     def find_binary(self) -> B:

@@ -1,20 +1,21 @@
 """Checking connection strings from the environment: well formed, and answering.
 
-``LABS_PG_PRIMARY``, ``LABS_PG_REPLICAS``, ``LABS_REDIS`` (and whatever variable
-a later kind of service reads) are typed by hand, so every way they go wrong ends
-in one line that names the variable, says what is wrong and how to fix it --
-never a driver's traceback, and never the password they may contain.  A string is
-first checked for its form (scheme, syntax, port), without connecting; then the
-server is asked a question (``SELECT pg_is_in_recovery()``, ``PING``) with a short
-timeout, and the driver's answer is sorted into the usual mistakes (nothing
-listening, wrong user or database, another kind of server on that port) to say
-what to change.
+``LABS_PG_PRIMARY``, ``LABS_PG_REPLICAS``, ``LABS_REDIS``, ``LABS_PGBOUNCER`` (and
+whatever variable a later kind of service reads) are typed by hand, so every way
+they go wrong ends in one line that names the variable, says what is wrong and how
+to fix it -- never a driver's traceback, and never the password they may contain.
+A string is first checked for its form (scheme, syntax, port), without
+connecting; then the server is asked a question (``SELECT pg_is_in_recovery()``,
+``PING``, PgBouncer's ``SHOW VERSION``) with a short timeout, and the driver's
+answer is sorted into the usual mistakes (nothing listening, wrong user or
+database, another kind of server on that port) to say what to change.
 
 What is checked depends on the kind of server: each kind's module
-(:mod:`labs.services.postgres`, :mod:`labs.services.redis`) gives every tier of
-its servers a :class:`Probe` -- how its strings look, how to ask the server --
-and :func:`env_problem` turns a probe's answer into the one line.  The helpers
-here are the pieces those probes share.
+(:mod:`labs.services.postgres`, :mod:`labs.services.redis`,
+:mod:`labs.services.pgbouncer`) gives every tier of its servers a :class:`Probe`
+-- how its strings look, how to ask the server -- and :func:`env_problem` turns a
+probe's answer into the one line.  The helpers here are the pieces those probes
+share.
 """
 
 from __future__ import annotations
@@ -97,7 +98,11 @@ def first_line(error: BaseException) -> str:
 def _fix(var: str, address: str, server: str, problem: str) -> str:
     """How to fix ``problem`` (a driver's words), as one clause."""
     low = problem.lower()
-    if "does not exist" in low:
+    if "not as pgbouncer" in low:
+        return f"point {var} at PgBouncer's port, not at Postgres itself"
+    if "admin console refuses" in low:
+        return f"name a user of PgBouncer's admin_users or stats_users in {var}"
+    if "does not exist" in low or "no such database" in low:
         return f"correct the user or database name in {var}, or create it on the server"
     if "password" in low or "authentication" in low:
         return f"correct the user or password in {var}"

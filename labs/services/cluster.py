@@ -56,14 +56,17 @@ def missing_binaries(**include: bool) -> str | None:
     The same search :meth:`LocalCluster.start` makes (``LABS_PG_BINDIR`` / PATH /
     ``pg_config`` / ``/usr/lib/postgresql/*/bin``, ``LABS_REDIS_SERVER`` / PATH, ...),
     without starting anything; live tests skip with this reason.  Every kind is
-    searched unless passed as false by name (``missing_binaries(redis=False)``).
+    searched unless passed as false by name (``missing_binaries(redis=False)``),
+    except the optional ones (PgBouncer), searched only when passed as true
+    (``missing_binaries(pgbouncer=True)``): a machine without them still runs
+    everything else.
     """
     unknown = sorted(set(include) - {kind.name for kind in kinds()})
     if unknown:
         raise TypeError(f"missing_binaries: unexpected keyword(s) {', '.join(unknown)}")
     try:
         for kind in kinds():
-            if include.get(kind.name, True):
+            if include.get(kind.name, not kind.optional):
                 kind.find_binary()
     except ServiceError as exc:
         return str(exc)

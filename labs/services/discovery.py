@@ -1,19 +1,21 @@
 """Finding the services a live run uses, in the contract's order.
 
 1. connection strings in the environment: one variable per tier of every
-   registered kind -- ``LABS_PG_PRIMARY``, ``LABS_PG_REPLICAS`` (comma separated)
-   and ``LABS_REDIS`` -- e.g. ``docker compose up`` (compose.yaml);
+   registered kind -- ``LABS_PG_PRIMARY``, ``LABS_PG_REPLICAS`` (comma separated),
+   ``LABS_REDIS`` and ``LABS_PGBOUNCER`` -- e.g. ``docker compose up`` (compose.yaml);
 2. servers started earlier with ``python -m labs services up`` (a state file in
    ``$LABS_STATE_DIR``, default ``~/.cache/dbperf-labs/``; :mod:`.cluster`);
 3. otherwise throwaway local servers for the duration of one ``with`` block.
 
 ``services_for`` is the one entry point; its keywords are those the registered
 kinds read (:mod:`labs.services.base`: ``replicas``, ``max_connections`` and
-``replica_delay`` for Postgres, ``redis`` for Redis)::
+``replica_delay`` for Postgres, ``redis`` for Redis, ``pgbouncer`` -- true or a
+scenario's ``[pgbouncer]`` -- for PgBouncer)::
 
     with services_for(replicas=1, redis=True, max_connections=20) as svc:
         svc.topology                              # labs.topology.Topology
         svc.primary, svc.replicas, svc.redis      # DSNs / URL, from the topology
+        svc.pgbouncer                             # through PgBouncer (pgbouncer=...)
         svc.can_configure                         # True only for throwaway servers
         svc.set_max_connections(50)               # restart with a new limit
 
@@ -32,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from labs.services import postgres
+from labs.services import pgbouncer, postgres
 from labs.services.base import ServiceKind, Tier, kinds, resolve, slots
 from labs.services.checks import env_problem, redact
 from labs.services.cluster import (  # noqa: F401  (re-exported: callers use them from here)
@@ -99,6 +101,12 @@ class Services:
     def redis(self) -> str | None:
         """The redis:// URL, when asked for."""
         return self.topology.cache.dsn if self.topology.cache else None
+
+    @property
+    def pgbouncer(self) -> str | None:
+        """The DSN through PgBouncer to the primary's database, when asked for."""
+        bouncer = self.topology.endpoint(pgbouncer.PGBOUNCER)
+        return bouncer.dsn if bouncer else None
 
     @property
     def can_configure(self) -> bool:
@@ -311,7 +319,7 @@ def services_for(**wants: object) -> Iterator[Services]:
     """The services one run uses, found in the contract's order (see the module doc).
 
     ``wants``: the registered kinds' keywords (``replicas``, ``redis``,
-    ``max_connections``, ``replica_delay``).  ``max_connections`` and
+    ``max_connections``, ``replica_delay``, ``pgbouncer``).  ``max_connections`` and
     ``replica_delay`` are applied only to throwaway servers; for the others
     ``Services.can_configure`` is False and the caller can read what the servers
     use with ``.max_connections()`` / ``.replica_delay()``.
@@ -331,17 +339,23 @@ def requirements(scenario: Scenario) -> dict[str, object]:
     Each kind says its part: ``[replicas].count`` streaming replicas,
     ``database.max_connections`` and a replica delay equal to a constant
     ``[replicas].lag`` (other lag distributions: no delay is imposed) from
-    Postgres; Redis when there is a ``[cache]``.
+    Postgres; Redis when there is a ``[cache]``; PgBouncer with the settings of
+    the ``[pgbouncer]``, when there is one.
     """
     return {key: value for kind in kinds() for key, value in kind.needs(scenario).items()}
 
 
 def configure(scenario: Scenario, svc: Services) -> str | None:
-    """Give the servers the scenario's ``max_connections`` and replica lag; what differs, if any.
+    """Give the servers the scenario's ``max_connections``, replica lag and ``[pgbouncer]``;
+    what differs, if any.
 
     Only throwaway servers can be reconfigured (a restart, or a reload for the
     delay); for servers from the environment or ``services up`` the returned
-    note says what the run will differ in from the scenario.
+    note says what the run will differ in from the scenario.  PgBouncer is the
+    exception: a running one takes the ``[pgbouncer]`` settings through its
+    admin console whatever the route (:func:`.pgbouncer.apply_config`), so runs
+    with different settings share one; when a PgBouncer of your own refuses
+    them (its user is no admin), the note says so.
     """
     notes = []
     wanted = scenario.database.max_connections
@@ -358,7 +372,27 @@ def configure(scenario: Scenario, svc: Services) -> str | None:
             notes.append(
                 f"the replicas apply commits {svc.replica_delay():g} s late, the scenario's "
                 f"lag is {delay:g} s; services from {svc.source} cannot be reconfigured")
+    note = _configure_pgbouncer(scenario, svc)
+    if note:
+        notes.append(note)
     return "; ".join(notes) or None
+
+
+def _configure_pgbouncer(scenario: Scenario, svc: Services) -> str | None:
+    """Apply ``[pgbouncer]`` to the run's PgBouncer (a throwaway one was started with it)."""
+    bouncer = svc.topology.endpoint(pgbouncer.PGBOUNCER)
+    if scenario.pgbouncer is None or bouncer is None or svc.source == "throwaway":
+        return None
+    local = [s for s in (svc.cluster.servers(pgbouncer.PGBOUNCER) if svc.cluster else [])
+             if isinstance(s, pgbouncer.PgBouncerServer)]
+    try:
+        pgbouncer.apply_config(bouncer.admin_dsn, scenario.pgbouncer,
+                               local[0] if local else None)
+    except ServiceError as e:
+        if svc.source != "env":
+            raise
+        return f"{e}; the run uses that PgBouncer's own settings"
+    return None
 
 
 @contextlib.contextmanager

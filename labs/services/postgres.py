@@ -602,15 +602,20 @@ def postgres_address(dsn: str) -> str:
     return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}"
 
 
+def driver_problem(error: BaseException, dsn: str) -> str:
+    """What went wrong in a libpq error about ``dsn``, without the address and the password."""
+    problem = scrub(first_line(error), dsn)
+    # libpq repeats the address we already name: keep what went wrong
+    problem = re.sub(r'^connection to server at "[^"]*", port \d+ failed:\s*', "", problem)
+    return re.sub(r"^FATAL:\s*", "", problem)
+
+
 def postgres_problem(dsn: str, standby: bool | None = None) -> str | None:
     """None if the DSN answers (and is/is not a standby as asked), else why not."""
     try:
         in_recovery = query_one(dsn, "SELECT pg_is_in_recovery()", timeout=CHECK_TIMEOUT)
     except Exception as e:
-        problem = scrub(first_line(e), dsn)
-        # libpq repeats the address we already name: keep what went wrong
-        problem = re.sub(r'^connection to server at "[^"]*", port \d+ failed:\s*', "", problem)
-        return re.sub(r"^FATAL:\s*", "", problem)
+        return driver_problem(e, dsn)
     if standby is True and not in_recovery:
         return "answers but is not a standby (pg_is_in_recovery() is false)"
     if standby is False and in_recovery:

@@ -63,6 +63,7 @@ from labs.probes import (
 )
 from labs.query import QuerySpec, calibrate_cpu
 from labs.records import Record, RunContext
+from labs.serverless import ServerlessDriver, serverless_values
 from labs.topology import Endpoint, Topology
 from simlib.scenario import Scenario
 from simlib.simulation import DRAIN_FACTOR, DRAIN_MIN
@@ -156,6 +157,8 @@ def _query(scenario: Scenario, admin: str, details: dict[str, Any]) -> QuerySpec
 
 def _driver(scenario: Scenario, topology: Topology, ctx: RunContext) -> Driven:
     """The scenario's driver; on the keyed path one per database, behind the keyed path."""
+    if scenario.serverless is not None:
+        return ServerlessDriver(scenario, ctx)
     cls = driver_class(scenario.pool.kind)
     if not scenario.keyed:
         return cls(scenario, ctx)
@@ -326,6 +329,8 @@ def measure_run(plan: Plan, run: DriveResult) -> LiveResult:
     facts, server = request_facts(run.records, window, ctx.connects, ctx.connect_durations)
     if tiers(plan.scenario):
         values.update(_tier_values(plan, server, start, end))
+    if isinstance(plan.driver, ServerlessDriver):
+        values.update(serverless_values(plan.driver, run.records, start, end))
     details = dict(plan.details)
     details.update(dataclasses.asdict(run.facts))
     capacity = getattr(getattr(plan.driver, "cache", None), "capacity", None)

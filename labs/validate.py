@@ -122,14 +122,15 @@ def load_suite(
     quick: bool = False,
 ) -> list[Scenario]:
     """The suite's scenarios (all, or those named in ``only``), with ``--set`` overrides."""
-    scenarios = [load_scenario(p, list(overrides)) for p in suite_files()]
+    files = {load_scenario(p).name: p for p in suite_files()}
     wanted = [n for name in only for n in name.split(",") if n]
-    if wanted:
-        names = [s.name for s in scenarios]
-        for name in wanted:
-            if name not in names:
-                raise ScenarioError("--only", UNKNOWN.format(name=name, names=", ".join(names)))
-        scenarios = [s for s in scenarios if s.name in wanted]
+    for name in wanted:
+        if name not in files:
+            raise ScenarioError("--only", UNKNOWN.format(name=name, names=", ".join(files)))
+    # Overrides reach only the scenarios run: a --set that one of the others
+    # cannot take (workload.rate where a rate_schedule is) is no error then.
+    scenarios = [load_scenario(p, list(overrides)) for name, p in files.items()
+                 if not wanted or name in wanted]
     if quick:
         scenarios = [s.with_values(QUICK) for s in scenarios]
     return scenarios

@@ -313,11 +313,15 @@ def calibrate_client(scenario: Scenario, topology: Topology, network_rtt: float,
     rate = client_rate(scenario)
     # The pool library's own costs, with the plain statement on the primary:
     # the keyed path's cache and replicas are left out here (their Redis
-    # calls are charged as the cache's hit_time instead).
+    # calls are charged as the cache's hit_time instead), and so are a
+    # fleet's other processes, PgBouncer (its hop is [pgbouncer] network_rtt)
+    # and serverless environments: one process, one pool, straight to Postgres.
     data = {k: v for k, v in scenario.to_dict().items()
-            if k not in ("cache", "replicas", "client")}
+            if k not in ("cache", "replicas", "client", "fleet", "pgbouncer", "serverless")}
     workload = data.get("workload", {})
-    data["workload"] = {**(workload if isinstance(workload, dict) else {}), "write_fraction": 0.0}
+    steady = {k: v for k, v in (workload if isinstance(workload, dict) else {}).items()
+              if k != "rate_schedule"}  # a steady light rate instead of a schedule
+    data["workload"] = {**steady, "write_fraction": 0.0}
     shape: dict[str, object] = {"workload.kind": "open", "workload.rate": rate}
     if scenario.workload.kind == "closed":
         # The scenario's own loop (the load generator's per-request CPU

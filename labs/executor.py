@@ -65,7 +65,7 @@ from labs.query import QuerySpec, calibrate_cpu
 from labs.records import Record, RunContext
 from labs.serverless import ServerlessDriver, serverless_values
 from labs.topology import Endpoint, Topology
-from simlib.scenario import Scenario
+from simlib.scenario import Scenario, ScenarioError
 from simlib.simulation import DRAIN_FACTOR, DRAIN_MIN
 
 __all__ = ["LIVE_METRICS", "RUN_APPLICATION_NAME", "DriveResult", "LiveResult", "Plan", "drive_run",
@@ -211,8 +211,8 @@ def _pgbouncer(scenario: Scenario, topology: Topology) -> Endpoint | None:
         return None
     bouncer = topology.endpoint("pgbouncer")
     if bouncer is None:
-        raise ValueError("pgbouncer: the scenario has a [pgbouncer] and needs a PgBouncer, "
-                         "got none (set LABS_PGBOUNCER or run `labs services up --pgbouncer`)")
+        raise ScenarioError("pgbouncer", "the scenario has a [pgbouncer] and needs a PgBouncer, "
+                            "got none (set LABS_PGBOUNCER or run `labs services up --pgbouncer`)")
     return bouncer
 
 

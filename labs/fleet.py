@@ -37,7 +37,7 @@ from labs.host import CpuMeter
 from labs.loadgen import LoadFacts, drive
 from labs.probes import Probe, cancel_backends, session_counts
 from labs.records import Record, RunContext
-from simlib.scenario import Scenario, parse_scenario
+from simlib.scenario import Scenario, ScenarioError, parse_scenario
 
 #: Seconds the processes get to start and open their pools before time zero.
 START_MARGIN = 3.0
@@ -55,10 +55,10 @@ class InstanceRun:
 
 
 def check_fleet(scenario: Scenario) -> None:
-    """ValueError (one line) when labs cannot run this fleet live."""
+    """ScenarioError (one line) when labs cannot run this fleet live."""
     if scenario.fleet is not None and scenario.workload.kind != "open":
-        raise ValueError("fleet: labs runs a fleet with an open workload only "
-                         "(workload.kind = \"open\")")
+        raise ScenarioError("fleet", "labs runs a fleet with an open workload only "
+                            "(workload.kind = \"open\")", scenario.workload.kind)
 
 
 def _instance(scenario_data: dict[str, Any], ctx_fields: dict[str, Any], admin: str,

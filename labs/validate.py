@@ -268,9 +268,13 @@ def validate(
     limits = [s.database.max_connections for s in scenarios]
     replicas = max((s.replicas.count for s in scenarios if s.replicas is not None), default=0)
     redis = any(s.cache is not None for s in scenarios)
+    # One PgBouncer for the suite, started with the first [pgbouncer]'s settings;
+    # each scenario's own reach it through the admin console (configure).
+    bouncer = next((s.pgbouncer for s in scenarios if s.pgbouncer is not None), None)
+    extra: dict[str, object] = {} if bouncer is None else {"pgbouncer": bouncer}
     rows: list[dict[str, object]] = []
     with services_for(max_connections=max(limits) if limits else 100, replicas=replicas,
-                      redis=redis) as svc:
+                      redis=redis, **extra) as svc:
         before = _warn_if_busy()  # once the services answer, so a fault is still the only line
         if svc.can_configure:
             # calibrate at the first scenario's limit: connect time does not

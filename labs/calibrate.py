@@ -294,22 +294,8 @@ def client_rate(scenario: Scenario) -> float:
     return max(20.0, rate)
 
 
-def calibrate_client(scenario: Scenario, topology: Topology, network_rtt: float, *,
-                     query_overhead: float = 0.0,
-                     first_query_extra: float = 0.0,
-                     operations: OperationCosts | None = None) -> ClientCalibration:
-    """Measure the client's costs with ``scenario``'s pool library at light load.
-
-    Runs the scenario's own pool (same library and settings, same query kind)
-    for :data:`CLIENT_SECONDS` at :func:`client_rate`, an open loop with the
-    scenario's service times, through the live executor, on the topology's
-    primary.  ``network_rtt`` is the round trip simlib will charge per query
-    (calibrated rtt + query overhead), subtracted from each hold so it is not
-    counted twice; so is a pre-ping's, from the dispatch.  ``first_query_extra``
-    is what a new backend's first query costs beyond a later one: the
-    calibrated connect times already carry it, so a request that opened its
-    own connection (every request without a pool) has it taken off its hold.
-    """
+def _light_scenario(scenario: Scenario) -> Scenario:
+    """The scenario reduced to its pool library at light load, for :func:`calibrate_client`."""
     rate = client_rate(scenario)
     # The pool library's own costs, with the plain statement on the primary:
     # the keyed path's cache and replicas are left out here (their Redis
@@ -337,6 +323,26 @@ def calibrate_client(scenario: Scenario, topology: Topology, network_rtt: float,
         "workload.duration": CLIENT_SECONDS,
         "workload.warmup": 0.5,
     })
+    return light
+
+
+def calibrate_client(scenario: Scenario, topology: Topology, network_rtt: float, *,
+                     query_overhead: float = 0.0,
+                     first_query_extra: float = 0.0,
+                     operations: OperationCosts | None = None) -> ClientCalibration:
+    """Measure the client's costs with ``scenario``'s pool library at light load.
+
+    Runs the scenario's own pool (same library and settings, same query kind)
+    for :data:`CLIENT_SECONDS` at :func:`client_rate`, an open loop with the
+    scenario's service times, through the live executor, on the topology's
+    primary.  ``network_rtt`` is the round trip simlib will charge per query
+    (calibrated rtt + query overhead), subtracted from each hold so it is not
+    counted twice; so is a pre-ping's, from the dispatch.  ``first_query_extra``
+    is what a new backend's first query costs beyond a later one: the
+    calibrated connect times already carry it, so a request that opened its
+    own connection (every request without a pool) has it taken off its hold.
+    """
+    light = _light_scenario(scenario)
     result = run_live(light, Topology(topology.primary), drain_limit=10.0)
     background = background_cores(light, topology)
     cpu = busy_cpu(light, concurrency(scenario), topology, background) or _cpu_per_request(
@@ -354,7 +360,7 @@ def calibrate_client(scenario: Scenario, topology: Topology, network_rtt: float,
     failure = None
     if scenario.pool.checkout_wait() == 0 and scenario.pool.connection_limit() is not None:
         failure = failure_cpu(light, topology, background)
-    return ClientCalibration(scenario.pool.kind, rate, dispatch, hold, cpu,
+    return ClientCalibration(scenario.pool.kind, client_rate(scenario), dispatch, hold, cpu,
                              light.workload.kind, background, failure)
 
 

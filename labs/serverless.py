@@ -100,7 +100,7 @@ class ServerlessDriver(Driver):
         self.alive_log.append((self.ctx.now(), self.alive))
 
     def checkout(self) -> Any:
-        rec = _current()
+        rec = CURRENT_RECORD.get()
         pause = 0.0
         with self._lock:
             if self.warm:
@@ -149,10 +149,6 @@ class ServerlessDriver(Driver):
         return {"limit": self.limit, "psycopg2": psycopg2_version(),
                 "connection": self.config.connection, "orphaned": len(self.orphans),
                 "environments_max": max(a for _, a in self.alive_log)}
-
-
-def _current() -> Record | None:
-    return CURRENT_RECORD.get()
 
 
 def serverless_values(driver: ServerlessDriver, records: list[Record], start: float,

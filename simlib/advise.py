@@ -217,8 +217,6 @@ def _defaults(config: type) -> Mapping[str, object]:
 def _code(value: object) -> str:
     if isinstance(value, float) and math.isinf(value):
         return 'float("inf")' if value > 0 else '-float("inf")'
-    if isinstance(value, bool | int | float | str):
-        return repr(value)
     return repr(value)
 
 

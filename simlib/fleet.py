@@ -36,6 +36,3 @@ class Fleet(Section):
 
     instances: int = 1
 
-    def connection_bound(self, pool_limit: int | None) -> float:
-        """The most connections the fleet's pools can hold at once (inf: no client-side limit)."""
-        return float("inf") if pool_limit is None else float(self.instances * pool_limit)

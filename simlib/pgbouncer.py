@@ -127,9 +127,6 @@ class PgBouncerConfig(Section):
             limit = min(limit, self.max_db_connections)
         return limit
 
-    def to_dict(self) -> dict[str, object]:
-        return Section.to_dict(self)
-
 
 class ClientRefused(ConnectionRefused):
     """PgBouncer refused a client login: ``max_client_conn`` reached."""

@@ -176,26 +176,13 @@ class RequestPath:
             if pooled:
                 server.transaction_done(conn)
         else:
-            if wait is None and server.cpu is None:
-                yield from interp.io(server.rtt + self.service_time())
-            else:
-                interp.drop()
-                # The thread is in recv() meanwhile: PgBouncer holds its query
-                # until a server is free, then the query runs.
-                if wait is not None and not (yield wait):
-                    # query_wait_timeout: PgBouncer closed this connection.
-                    yield from interp.take()
-                    yield from pool.discard(conn)
-                    recorder.checked_in()
-                    return ERROR, None, None, 0
-                if server.cpu is None:
-                    yield env.timeout(server.rtt + self.service_time())
-                else:
-                    if server.rtt:
-                        yield env.timeout(server.rtt)
-                    yield server.cpu.run(self.service_time())
-                yield from interp.take()
-            done = env.now
+            answered = yield from self._query(server, wait)
+            if answered is None:
+                # query_wait_timeout: PgBouncer closed this connection.
+                yield from pool.discard(conn)
+                recorder.checked_in()
+                return ERROR, None, None, 0
+            done = answered
             if pooled:
                 server.statement_done(conn)
             if commit is not None:
@@ -204,11 +191,7 @@ class RequestPath:
                 # Client work while the connection is out (driver, result,
                 # return path): after the result is back, before the pool has it.
                 yield from interp.work(self.hold(), self.cpu_share)
-            leak = 0.0 if self.leaks is None else self.leaks.draw()
-            if leak > 0:
-                if request.measured:
-                    recorder.leaked += 1
-                env.process(self._leaked(conn, backend, leak, reset))
+            if self._leak(request, conn, backend, reset):
                 return OK, got, done, version
             if reset:
                 yield from interp.compute(pool.reset_cpu)
@@ -218,6 +201,42 @@ class RequestPath:
         yield from pool.release(conn)
         recorder.checked_in()
         return OK, got, done, version
+
+    def _query(self, server: Server, wait: simpy.Event | None
+               ) -> Generator[simpy.Event, Any, float | None]:
+        """The query's round trip and service; when its result is back (None: never sent).
+
+        The caller holds the interpreter before and after.  ``wait``: a
+        pooler's event to wait for first; the thread is in recv() meanwhile,
+        as PgBouncer holds the query until a server is free.  It resumes
+        False when PgBouncer gave up on it (``query_wait_timeout``).
+        """
+        env, interp = self.env, self.interpreter
+        if wait is None and server.cpu is None:
+            yield from interp.io(server.rtt + self.service_time())
+            return env.now
+        interp.drop()
+        if wait is not None and not (yield wait):
+            yield from interp.take()
+            return None
+        if server.cpu is None:
+            yield env.timeout(server.rtt + self.service_time())
+        else:
+            if server.rtt:
+                yield env.timeout(server.rtt)
+            yield server.cpu.run(self.service_time())
+        yield from interp.take()
+        return env.now
+
+    def _leak(self, request: Request, conn: Connection, backend: Backend, reset: float) -> bool:
+        """Whether this request leaks its connection; if so, the leak has begun (a process)."""
+        leak = 0.0 if self.leaks is None else self.leaks.draw()
+        if leak <= 0:
+            return False
+        if request.measured:
+            self.recorder.leaked += 1
+        self.env.process(self._leaked(conn, backend, leak, reset))
+        return True
 
     def _leaked(
         self, conn: Connection, backend: Backend, seconds: float, reset: float

@@ -18,7 +18,7 @@ From the back to the front, as a request meets them the other way round:
   the primary (:mod:`simlib.pgbouncer`);
 * **many processes**: a fleet's instances, each its own interpreter and pool
   (:mod:`simlib.fleet`), or serverless environments made on demand
-  (:mod:`simlib.serverless`);
+  (:mod:`simlib.environments`);
 * **the workload** that sends requests through all of it: the plain one, or
   the keyed one when the scenario is ``keyed`` (:mod:`simlib.access`).
 
@@ -37,6 +37,7 @@ import simpy
 from simlib.access import KeyedWorkload
 from simlib.cache import CacheAside
 from simlib.database import DatabaseServer, Server
+from simlib.environments import ServerlessWorkload
 from simlib.interpreter import Interpreter, Unlocked
 from simlib.metrics import Recorder
 from simlib.pgbouncer import PgBouncer
@@ -44,7 +45,6 @@ from simlib.pools import make_pool, pool_kind
 from simlib.replicas import Replica, ReplicaSet
 from simlib.request import Backend
 from simlib.scenario import Scenario
-from simlib.serverless import ServerlessWorkload
 from simlib.streams import Streams
 from simlib.workload import Workload
 
@@ -126,7 +126,8 @@ class Builder:
         s = self.scenario
         many = s.fleet is not None or s.pgbouncer is not None or s.serverless is not None
         if many:
-            self.recorder.count_tiers(pgbouncer=s.pgbouncer is not None)
+            self.recorder.count_tiers(pgbouncer=s.pgbouncer is not None,
+                                      serverless=s.serverless is not None)
         server = self.server(direct=s.pgbouncer is None)
         front = self.front(server)
         if s.serverless is not None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import simpy
 
@@ -38,10 +38,8 @@ from simlib.interpreter import Interpreter, Unlocked
 from simlib.metrics import OK, Recorder
 from simlib.pools import pool_kind
 from simlib.request import Backend, Leaks, Request, RequestPath
+from simlib.scenario import Scenario
 from simlib.streams import Streams
-
-if TYPE_CHECKING:  # annotations only: simlib.scenario imports the tiers built on this module
-    from simlib.scenario import Scenario
 
 #: A closed-loop client whose request failed in less than this (a psycopg2
 #: pool that is exhausted fails at once) pauses this long before the next
@@ -204,7 +202,6 @@ class Workload:
         # Which process an open arrival goes to: drawn only for a fleet, so
         # one process draws nothing extra (and keeps its results).
         self._pick = streams.uniform("instances") if len(self.instances) > 1 else None
-        self._rate_at = config.rate_at
 
     def start(self) -> None:
         if self.config.kind == "open":

@@ -769,3 +769,37 @@ def thread_wakeup(samples: int = 200) -> float:
         cond.notify()
     t.join(1.0)
     return statistics.median(times) if times else 0.0
+
+
+def calibrate_pgbouncer(dsn: str, direct_rtt: float, samples: int = 50) -> dict[str, object]:
+    """PgBouncer's own costs at ``dsn``: a client's login and the extra hop's round trip.
+
+    simlib charges a login at PgBouncer as ``[pgbouncer] connect_time`` (the
+    server login behind it is ``database.connect_time``) and every round trip
+    through it ``[pgbouncer] network_rtt`` on top of the direct one.  A first
+    connection warms PgBouncer's pool (its first client waits for a server
+    login to learn the server's parameters); then each ``psycopg2.connect`` is
+    PgBouncer's login alone, and the median ``SELECT 1`` through it, less the
+    direct round trip ``direct_rtt``, is the hop.
+    """
+    warm = psycopg2.connect(dsn, connect_timeout=CONNECT_TIMEOUT)
+    try:
+        warm.autocommit = True
+        with warm.cursor() as cur:
+            cur.execute("SELECT 1")
+            cur.fetchone()
+            rtts = _timed(cur, "SELECT 1", (), samples, time.perf_counter() + 5.0)
+    finally:
+        warm.close()
+    logins: list[float] = []
+    deadline = time.perf_counter() + 5.0
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        conn = psycopg2.connect(dsn, connect_timeout=CONNECT_TIMEOUT)
+        logins.append(time.perf_counter() - t0)
+        conn.close()
+        if time.perf_counter() >= deadline:
+            break
+    return {"connect_times": logins, "connect_median": statistics.median(logins),
+            "rtt": statistics.median(rtts),
+            "hop": max(0.0, statistics.median(rtts) - direct_rtt)}

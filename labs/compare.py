@@ -56,6 +56,7 @@ from labs.calibrate import (
     calibrate_cache,
     calibrate_client,
     calibrate_lag,
+    calibrate_pgbouncer,
     charged_checkout,
     charged_round_trips,
     client_samples,
@@ -104,10 +105,12 @@ def single_run_ranges(result: SimulationResult) -> dict[str, list[float] | None]
 
 @dataclass(frozen=True)
 class KeyedCalibration:
-    """The keyed path's inputs on these services: the cache's round trip, the replicas' lag."""
+    """The tiers' inputs on these services: the cache's round trip, the replicas' lag,
+    PgBouncer's login and hop."""
 
     cache: dict[str, float] | None = None  # calibrate_cache's medians
     lag_samples: list[float] = field(default_factory=list)
+    pgbouncer: dict[str, object] | None = None  # calibrate_pgbouncer's
 
     @property
     def hit_time(self) -> float | None:
@@ -124,14 +127,19 @@ class KeyedCalibration:
             out.update(cache=self.cache, hit_time=self.hit_time)
         if self.lag_samples:
             out.update(lag_samples=self.lag_samples, lag=self.lag)
+        if self.pgbouncer is not None:
+            out.update(pgbouncer=self.pgbouncer)
         return out
 
 
-def calibrate_keyed(scenario: Scenario, topology: Topology) -> KeyedCalibration:
-    """The keyed path's inputs: :func:`labs.calibrate.calibrate_cache` and ``calibrate_lag``.
+def calibrate_keyed(scenario: Scenario, topology: Topology,
+                    direct_rtt: float) -> KeyedCalibration:
+    """The tiers' inputs: :func:`labs.calibrate.calibrate_cache`, ``calibrate_lag``
+    and ``calibrate_pgbouncer``.
 
     ``lag`` is what the standby's ``recovery_min_apply_delay`` and its apply
-    work make the commit-to-visible time, on the first replica.
+    work make the commit-to-visible time, on the first replica.  PgBouncer's
+    hop is its round trip less ``direct_rtt``, the one straight to Postgres.
     """
     cache = None
     if scenario.cache is not None and topology.cache is not None:
@@ -139,7 +147,11 @@ def calibrate_keyed(scenario: Scenario, topology: Topology) -> KeyedCalibration:
     lags: list[float] = []
     if scenario.replicas is not None and topology.replicas:
         lags = calibrate_lag(topology.primary.dsn, topology.replicas[0].dsn)
-    return KeyedCalibration(cache, lags)
+    bouncer = topology.endpoint("pgbouncer")
+    costs = None
+    if scenario.pgbouncer is not None and bouncer is not None:
+        costs = calibrate_pgbouncer(bouncer.dsn, direct_rtt)
+    return KeyedCalibration(cache, lags, costs)
 
 
 def predicted_scenario(
@@ -191,6 +203,11 @@ def _applied(scenario: Scenario, cal: Calibration, client: ClientCalibration | N
     if keyed is not None and keyed.lag is not None and scenario.replicas is not None:
         lag = keyed.lag
         values["replicas.lag"] = {"dist": "constant", "value": lag} if as_values else lag
+    bouncer = keyed.pgbouncer if keyed is not None and scenario.pgbouncer is not None else None
+    if bouncer is not None:
+        values["pgbouncer.connect_time"] = samples(
+            bouncer["connect_times"], "logins at PgBouncer")  # type: ignore[arg-type]
+        values["pgbouncer.network_rtt"] = bouncer["hop"]
     if client is not None:
         values["client.dispatch"] = samples(client.dispatch, "client dispatch samples")
         values["client.hold"] = samples(client.hold, "client hold samples")
@@ -247,16 +264,27 @@ class Comparison:
                                         threads=open_loop_threads(scenario))
         summary = {"connect_ms": _mean_ms(live.connect_durations),
                    "dispatch_ms": _mean_ms(dispatch), "hold_ms": _mean_ms(hold)}
+        bouncer = scenario.pgbouncer
+        # Behind PgBouncer the application's connects are logins at PgBouncer,
+        # and in transaction or statement mode the client's hold also has the
+        # wait for a server inside it (PgBouncer assigns one at the first
+        # statement): that wait is the model's to predict, so the what-if
+        # keeps the calibrated hold and reports the run's net of the wait.
+        multiplexed = bouncer is not None and bouncer.pool_mode != "session"
+        if multiplexed and summary["hold_ms"] is not None:
+            wait = _finite_or_none(live.metrics.get("pgbouncer_wait_mean_ms"))
+            summary["hold_ms"] = max(0.0, summary["hold_ms"] - (wait or 0.0))
         values: dict[str, object] = {}
         if live.connect_durations:
-            values["database.connect_time"] = {"dist": "empirical",
-                                               "samples": list(live.connect_durations)}
+            key = "pgbouncer.connect_time" if bouncer is not None else "database.connect_time"
+            values[key] = {"dist": "empirical", "samples": list(live.connect_durations)}
         if dispatch:
             values["client.dispatch"] = {"dist": "empirical", "samples": dispatch}
-        if hold:
+        if hold and not multiplexed:
             values["client.hold"] = {"dist": "empirical", "samples": hold}
         client = self.client
-        if client is not None and client.cpu_per_request > 0 and dispatch and hold:
+        if client is not None and client.cpu_per_request > 0 and dispatch and hold \
+                and not multiplexed:
             # Under load these wall times include the wait for the GIL, which
             # the model adds itself: keep the CPU per request calibrated and
             # let the rest of the run's times be waiting.
@@ -303,6 +331,10 @@ class Comparison:
         return self.document
 
 
+def _finite_or_none(x: object) -> float | None:
+    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
+
+
 def _mean_ms(xs: list[float]) -> float | None:
     return statistics.fmean(xs) * 1e3 if xs else None
 
@@ -333,7 +365,7 @@ def run_comparison(
                                   query_overhead=cal.query_overhead,
                                   first_query_extra=cal.first_query_extra,
                                   operations=cal.operations)
-    keyed = calibrate_keyed(scenario, topology)
+    keyed = calibrate_keyed(scenario, topology, cal.round_trip(scenario))
     predicted = predicted_scenario(scenario, cal, client, keyed)
     if replications is not None:
         predicted = predicted.with_values({"replications": replications})

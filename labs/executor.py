@@ -376,7 +376,8 @@ def _client_mean(bouncer: PgBouncerMonitor, start: float, end: float) -> float:
 
 def _tier_values(plan: Plan, server: dict[str, Any], start: float, end: float
                  ) -> dict[str, float]:
-    """``server_connections_*``, refusals, PgBouncer's wait: as Postgres and PgBouncer saw them."""
+    """``server_connections_*``, refusals, PgBouncer's wait and transaction time: as
+    Postgres and PgBouncer saw them."""
     duration = end - start
     values: dict[str, float] = {}
     for probe in plan.probes:
@@ -391,6 +392,11 @@ def _tier_values(plan: Plan, server: dict[str, Any], start: float, end: float
             values["server_connections_opened_per_s"] = opened / duration
         if isinstance(probe, PgBouncerMonitor):
             values["pgbouncer_wait_mean_ms"] = probe.wait_mean_ms(start, end)
+            bouncer = plan.scenario.pgbouncer
+            if bouncer is not None and bouncer.pool_mode != "session":
+                # simlib counts transaction times where PgBouncer hands
+                # servers out per transaction (or statement) only.
+                values["pgbouncer_xact_mean_ms"] = probe.xact_mean_ms(start, end)
     refusals = server.get("refusals")
     if isinstance(refusals, int | float):
         values["server_refused_per_s"] = refusals / duration

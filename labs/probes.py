@@ -26,7 +26,8 @@ is one class here):
 * :class:`PgBouncerMonitor`: PgBouncer's ``SHOW POOLS`` every ~50 ms
   (``cl_waiting``, ``sv_active``, ``maxwait``) and ``SHOW STATS`` every
   ~0.25 s, whose ``total_wait_time / total_xact_count`` over the window is
-  ``pgbouncer_wait_mean_ms``.
+  ``pgbouncer_wait_mean_ms`` (and ``total_xact_time / total_xact_count``
+  ``pgbouncer_xact_mean_ms``).
 
 Two one-off reads complete the server's view: ``sessions`` of
 ``pg_stat_database`` (Postgres 14+) before and after the run
@@ -470,8 +471,8 @@ class PgBouncerMonitor(_Sampler):
     """PgBouncer's admin console: ``SHOW POOLS`` every ``interval``, ``SHOW STATS`` every 5th.
 
     A sample is ``(t, cl_waiting, cl_active, sv_active, sv_idle, servers,
-    maxwait_s, stats)``, ``stats`` ``(total_xact_count, total_wait_time µs)``
-    or None between stats reads, for the run's database.
+    maxwait_s, stats)``, ``stats`` ``(total_xact_count, total_wait_time µs,
+    total_xact_time µs)`` or None between stats reads, for the run's database.
     """
 
     def __init__(self, dsn: str, database: str, clock: Clock,
@@ -492,7 +493,8 @@ class PgBouncerMonitor(_Sampler):
         stats = None
         if self._n % 5 == 0:
             row = stats_of(self._console.stats(), self.database)
-            stats = None if row is None else (row.total_xact_count, row.total_wait_time)
+            stats = None if row is None else (row.total_xact_count, row.total_wait_time,
+                                              row.total_xact_time)
         self._n += 1
         if pool is None:
             return None
@@ -501,6 +503,14 @@ class PgBouncerMonitor(_Sampler):
 
     def wait_mean_ms(self, start: float, end: float) -> float:
         """Mean wait per transaction over [start, end), from SHOW STATS (NaN: too few reads)."""
+        return self._per_xact_ms(start, end, 1)
+
+    def xact_mean_ms(self, start: float, end: float) -> float:
+        """Mean transaction time over [start, end), from SHOW STATS (the wait included)."""
+        return self._per_xact_ms(start, end, 2)
+
+    def _per_xact_ms(self, start: float, end: float, column: int) -> float:
+        """A SHOW STATS total (µs) per transaction between the reads around [start, end)."""
         reads = [(r[0], r[7]) for r in self.samples if r[7] is not None]
         before = [s for t, s in reads if t <= start]
         after = [s for t, s in reads if t >= end]
@@ -508,7 +518,7 @@ class PgBouncerMonitor(_Sampler):
         last = after[0] if after else (reads[-1][1] if reads else None)
         if first is None or last is None or last[0] <= first[0]:
             return float("nan")
-        return (last[1] - first[1]) / 1000.0 / (last[0] - first[0])
+        return (last[column] - first[column]) / 1000.0 / (last[0] - first[0])
 
     def summary(self, start: float, end: float) -> dict[str, object]:
         rows = self._window(start, end)
@@ -524,5 +534,6 @@ class PgBouncerMonitor(_Sampler):
             "pgbouncer_servers_max": max((r[5] for r in rows), default=0),
             "pgbouncer_maxwait_max_s": max((r[6] for r in rows), default=0.0),
             "pgbouncer_wait_mean_ms": self.wait_mean_ms(start, end),
+            "pgbouncer_xact_mean_ms": self.xact_mean_ms(start, end),
             "pgbouncer_samples": len(rows),
         }

@@ -34,7 +34,12 @@ environments left open.  They are counted for scenarios with a ``[fleet]``,
 ``[pgbouncer]`` or ``[serverless]`` (NaN, and left out, otherwise), as are
 ``pgbouncer_wait_mean_ms`` (the mean over the window's transactions of the
 time each waited in PgBouncer for a server, 0 for most: SHOW STATS's
-``total_wait_time / total_xact_count``) and the serverless shares.
+``total_wait_time / total_xact_count``), ``pgbouncer_xact_mean_ms`` (the
+mean time from a transaction's first statement at PgBouncer to its end, the
+wait for a server included, as SHOW STATS's ``total_xact_time /
+total_xact_count`` counts it; in transaction and statement mode: less the
+wait, it is the time each transaction held a server) and the serverless
+shares.
 
 How fair the pool's hand-off was, ``overtaken_ratio`` (the contract's
 definition): of the window's requests that waited for a connection, the
@@ -106,6 +111,7 @@ EXTRA_METRICS: tuple[str, ...] = (
     "server_connections_opened_per_s",  # ... opened per second
     "server_refused_per_s",  # connection attempts Postgres refused per second
     "pgbouncer_wait_mean_ms",  # [pgbouncer]: mean wait for a server connection
+    "pgbouncer_xact_mean_ms",  # [pgbouncer]: mean transaction time, the wait included
     "cold_start_rate",  # [serverless]: share of invocations that began with a cold start
     "throttle_rate",  # [serverless]: share refused at concurrency_limit
     "environments_mean",  # [serverless]: time-average environments alive
@@ -127,6 +133,7 @@ CONDITIONAL_METRICS: frozenset[str] = frozenset(
         "server_connections_opened_per_s",
         "server_refused_per_s",
         "pgbouncer_wait_mean_ms",
+        "pgbouncer_xact_mean_ms",
         "cold_start_rate",
         "throttle_rate",
         "environments_mean",
@@ -182,6 +189,47 @@ class Level:
 
 
 @dataclass(eq=False)
+class TierCounts:
+    """What fleets, PgBouncer and serverless add to a window's counts.
+
+    None (and NaN) where the scenario has no such tier: their metrics are NaN
+    then, and left out of the results.
+    """
+
+    server_opened: int | None = None  # connections Postgres accepted in the window
+    server_refused: int = 0  # connection attempts Postgres refused in the window
+    server_peak: float = math.nan  # most connections Postgres held at once in the window
+    server_mean: float = math.nan  # connections Postgres held, time-averaged over the window
+    pgbouncer_waits: list[float] | None = None  # each transaction's wait for a server
+    pgbouncer_xacts: list[float] | None = None  # each transaction's time, its wait included
+    cold_starts: int | None = None  # invocations that began with a cold start
+    throttled: int = 0  # invocations refused at the concurrency limit
+    environments_mean: float = math.nan  # serverless environments alive, time-averaged
+
+    def metrics(self, duration: float, arrivals: int) -> dict[str, float]:
+        """The tiers' metrics: NaN where a count is None (not counted)."""
+        nan = math.nan
+        server = self.server_opened is not None
+        return {
+            "server_connections_mean": self.server_mean if server else nan,
+            "server_connections_max": self.server_peak if server else nan,
+            "server_connections_opened_per_s": (self.server_opened or 0) / duration
+            if server else nan,
+            "server_refused_per_s": self.server_refused / duration if server else nan,
+            "pgbouncer_wait_mean_ms": _mean_ms(self.pgbouncer_waits),
+            "pgbouncer_xact_mean_ms": _mean_ms(self.pgbouncer_xacts),
+            "cold_start_rate": _ratio(self.cold_starts, arrivals),
+            "throttle_rate": nan if self.cold_starts is None
+            else _ratio(self.throttled, arrivals),
+            "environments_mean": self.environments_mean if self.cold_starts is not None else nan,
+        }
+
+
+def _mean_ms(seconds: Sequence[float] | None) -> float:
+    return 1000.0 * sum(seconds) / len(seconds) if seconds else math.nan
+
+
+@dataclass(eq=False)
 class WindowCounts:
     """What one run counted over the measured window: the inputs of :func:`metric_values`.
 
@@ -211,13 +259,7 @@ class WindowCounts:
     handoffs: list[Handoff] = field(default_factory=list)
     leaked: int = 0  # requests that kept their connection after answering
     terminated: int = 0  # sessions Postgres ended for idling in a transaction
-    # Tiers of many processes (None = not counted: the metrics are NaN).
-    server_opened: int | None = None  # connections Postgres accepted in the window
-    server_refused: int = 0  # connection attempts Postgres refused in the window
-    server_peak: float = math.nan  # most connections Postgres held at once in the window
-    pgbouncer_waits: list[float] | None = None  # each transaction's wait for a server
-    cold_starts: int | None = None  # invocations that began with a cold start
-    throttled: int = 0  # invocations refused at the concurrency limit
+    tiers: TierCounts = field(default_factory=lambda: TierCounts())
 
 
 def window_metrics(
@@ -228,16 +270,12 @@ def window_metrics(
     busy_mean: float,
     in_flight_mean: float,
     idle_in_transaction_mean: float = 0.0,
-    server_connections_mean: float = math.nan,
-    environments_mean: float = math.nan,
 ) -> dict[str, float]:
     """:func:`metric_values` of a run's counts and its time averages."""
     given = {f.name: getattr(counts, f.name) for f in dataclasses.fields(WindowCounts)}
     return metric_values(duration=duration, connections_mean=connections_mean,
                          busy_mean=busy_mean, in_flight_mean=in_flight_mean,
-                         idle_in_transaction_mean=idle_in_transaction_mean,
-                         server_connections_mean=server_connections_mean,
-                         environments_mean=environments_mean, **given)
+                         idle_in_transaction_mean=idle_in_transaction_mean, **given)
 
 
 class Recorder(WindowCounts):
@@ -271,8 +309,8 @@ class Recorder(WindowCounts):
         areas = self._areas(now)
         if which == "start":
             self._areas_at_start = areas
-            if self.server_opened is not None:
-                self.server_peak = self.server_connections.value
+            if self.tiers.server_opened is not None:
+                self.tiers.server_peak = self.server_connections.value
         else:
             self._areas_at_end = areas
 
@@ -304,32 +342,46 @@ class Recorder(WindowCounts):
     # them (count_tiers), so plain scenarios keep their results as they were.
     def count_tiers(self, *, pgbouncer: bool = False, serverless: bool = False) -> None:
         """Count what fleets, PgBouncer and serverless add (their metrics are NaN otherwise)."""
-        self.server_opened = 0
+        self.tiers.server_opened = 0
         if pgbouncer:
-            self.pgbouncer_waits = []
+            self.tiers.pgbouncer_waits = []
+            self.tiers.pgbouncer_xacts = []
         if serverless:
-            self.cold_starts = 0
+            self.tiers.cold_starts = 0
 
     def server_connection(self, delta: int) -> None:
         """Postgres accepted (+1) or closed (-1) a connection."""
         now = self.env.now
         level = self.server_connections
         level.set(now, level.value + delta)
-        if self.server_opened is not None and self.start <= now < self.end:
+        tiers = self.tiers
+        if tiers.server_opened is not None and self.start <= now < self.end:
             if delta > 0:
-                self.server_opened += 1
-            if level.value > self.server_peak:
-                self.server_peak = level.value
+                tiers.server_opened += 1
+            if level.value > tiers.server_peak:
+                tiers.server_peak = level.value
 
     def server_refusal(self) -> None:
         """Postgres refused a connection attempt (``max_connections``)."""
-        if self.server_opened is not None and self.start <= self.env.now < self.end:
-            self.server_refused += 1
+        if self.tiers.server_opened is not None and self.start <= self.env.now < self.end:
+            self.tiers.server_refused += 1
 
     def pgbouncer_waited(self, asked: float, seconds: float) -> None:
         """A transaction asked PgBouncer for a server at ``asked`` and waited ``seconds``."""
-        if self.pgbouncer_waits is not None and self.start <= asked < self.end:
-            self.pgbouncer_waits.append(seconds)
+        waits = self.tiers.pgbouncer_waits
+        if waits is not None and self.start <= asked < self.end:
+            waits.append(seconds)
+
+    def pgbouncer_unlinked(self, started: float) -> None:
+        """A transaction whose first statement reached PgBouncer at ``started`` is over.
+
+        The span PgBouncer's ``SHOW STATS`` adds to ``total_xact_time``: its
+        ``xact_start`` is set before ``find_server``, so a wait for a server
+        is inside it (1.18, ``src/client.c``, ``handle_client_work``).
+        """
+        xacts = self.tiers.pgbouncer_xacts
+        if xacts is not None and self.start <= started < self.end:
+            xacts.append(self.env.now - started)
 
     def environment(self, delta: int) -> None:
         """A serverless environment was created (+1) or reclaimed (-1)."""
@@ -337,9 +389,10 @@ class Recorder(WindowCounts):
 
     def invocation(self, arrival: float, *, cold: bool = False, throttled: bool = False) -> None:
         """A serverless invocation that arrived at ``arrival`` began cold, or was throttled."""
-        if self.cold_starts is not None and self.start <= arrival < self.end:
-            self.cold_starts += cold
-            self.throttled += throttled
+        tiers = self.tiers
+        if tiers.cold_starts is not None and self.start <= arrival < self.end:
+            tiers.cold_starts += cold
+            tiers.throttled += throttled
 
     def idle_in_transaction(self, delta: int) -> None:
         """A session began (+1) or stopped (-1) idling in an open transaction."""
@@ -406,11 +459,11 @@ class Recorder(WindowCounts):
         conn_mean, busy_mean, in_flight_mean, idle_tx_mean, server_mean, env_mean = (
             (e - s) / duration for s, e in zip(start_areas, end_areas, strict=True)
         )
+        self.tiers.server_mean = server_mean
+        self.tiers.environments_mean = env_mean
         values = window_metrics(
             self, duration=duration, connections_mean=conn_mean, busy_mean=busy_mean,
-            in_flight_mean=in_flight_mean, idle_in_transaction_mean=idle_tx_mean,
-            server_connections_mean=server_mean,
-            environments_mean=env_mean if self.cold_starts is not None else math.nan)
+            in_flight_mean=in_flight_mean, idle_in_transaction_mean=idle_tx_mean)
         # Metrics that do not apply (no cache, no writes...) are left out rather
         # than NaN: NaN != NaN, so two identical runs would compare unequal.
         return {
@@ -447,14 +500,7 @@ def metric_values(
     leaked: int = 0,
     terminated: int = 0,
     idle_in_transaction_mean: float = 0.0,
-    server_opened: int | None = None,
-    server_refused: int = 0,
-    server_peak: float = math.nan,
-    pgbouncer_waits: Sequence[float] | None = None,
-    cold_starts: int | None = None,
-    throttled: int = 0,
-    server_connections_mean: float = math.nan,
-    environments_mean: float = math.nan,
+    tiers: TierCounts | None = None,
 ) -> dict[str, float]:
     """Every metric from the window's counts and per-request times (in seconds).
 
@@ -493,30 +539,10 @@ def metric_values(
         "leaked_rate": _ratio(leaked, arrivals),
         "idle_in_transaction_mean": idle_in_transaction_mean,
         "sessions_terminated_per_s": terminated / duration,
-        **_tier_metrics(duration, arrivals, server_opened, server_refused, server_peak,
-                        server_connections_mean, pgbouncer_waits, cold_starts, throttled,
-                        environments_mean),
+        **(tiers or TierCounts()).metrics(duration, arrivals),
     }
 
 
-def _tier_metrics(
-    duration: float, arrivals: int, server_opened: int | None, server_refused: int,
-    server_peak: float, server_mean: float, waits: Sequence[float] | None,
-    cold_starts: int | None, throttled: int, environments_mean: float,
-) -> dict[str, float]:
-    """Fleets, PgBouncer and serverless: NaN where a count is None (not counted)."""
-    nan = math.nan
-    server = server_opened is not None
-    return {
-        "server_connections_mean": server_mean if server else nan,
-        "server_connections_max": server_peak if server else nan,
-        "server_connections_opened_per_s": (server_opened or 0) / duration if server else nan,
-        "server_refused_per_s": server_refused / duration if server else nan,
-        "pgbouncer_wait_mean_ms": 1000.0 * sum(waits) / len(waits) if waits else nan,
-        "cold_start_rate": _ratio(cold_starts, arrivals),
-        "throttle_rate": nan if cold_starts is None else _ratio(throttled, arrivals),
-        "environments_mean": environments_mean if cold_starts is not None else nan,
-    }
 
 
 def _time_metrics(latency: Sequence[float], checkout: Sequence[float]) -> dict[str, float]:

@@ -187,20 +187,35 @@ class RequestPath:
                 server.statement_done(conn)
             if commit is not None:
                 version = commit()
-            if self.hold is not None:
-                # Client work while the connection is out (driver, result,
-                # return path): after the result is back, before the pool has it.
-                yield from interp.work(self.hold(), self.cpu_share)
-            if self._leak(request, conn, backend, reset):
-                return OK, got, done, version
-            if reset:
-                yield from interp.compute(pool.reset_cpu)
-                yield from interp.io(reset)
-            if pooled:
+            if pooled and self.leaks is None:
+                # Through PgBouncer the transaction ends with the reset's answer:
+                # the client's own work (building the statement before its first
+                # packet, the pool's return path after the reset) is outside it,
+                # so the server goes back before that work, not after.
+                yield from self._reset(pool, reset)
                 server.transaction_done(conn)
+                yield from self._client_work()
+            else:
+                yield from self._client_work()
+                if self._leak(request, conn, backend, reset):
+                    return OK, got, done, version
+                yield from self._reset(pool, reset)
+                if pooled:
+                    server.transaction_done(conn)
         yield from pool.release(conn)
         recorder.checked_in()
         return OK, got, done, version
+
+    def _client_work(self) -> Generator[simpy.Event, Any, None]:
+        """The client's work while the connection is out (driver, result, return path)."""
+        if self.hold is not None:
+            yield from self.interpreter.work(self.hold(), self.cpu_share)
+
+    def _reset(self, pool: PoolModel[Any], reset: float) -> Generator[simpy.Event, Any, None]:
+        """The pool's reset on return (a ROLLBACK's CPU and round trip), if it has one."""
+        if reset:
+            yield from self.interpreter.compute(pool.reset_cpu)
+            yield from self.interpreter.io(reset)
 
     def _query(self, server: Server, wait: simpy.Event | None
                ) -> Generator[simpy.Event, Any, float | None]:

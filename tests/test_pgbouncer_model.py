@@ -139,7 +139,7 @@ def test_a_refused_server_login_waits_server_login_retry() -> None:
     # Tried at 0 (refused), then at the first janitor tick at or after 2 s (refused:
     # still full), then at the first tick at or after 4 s.
     assert h.linked()[0] == pytest.approx(4.0, abs=JANITOR_PERIOD + 1e-9)
-    assert h.recorder.server_refused == 2
+    assert h.recorder.tiers.server_refused == 2
 
 
 def test_max_client_conn_refuses_one_more_login() -> None:
@@ -242,6 +242,22 @@ def test_server_lifetime_closes_on_release_spaced_by_lifetime_over_pool_size() -
     h.env.run(until=30)
     # Servers opened at 0 are past their life at ~10.9 (the first release after
     # 10); the second may close only 10/2 = 5 s after the first.
-    assert h.recorder.server_opened is not None and h.recorder.server_opened >= 4
-    opened = h.recorder.server_opened
+    assert h.recorder.tiers.server_opened is not None and h.recorder.tiers.server_opened >= 4
+    opened = h.recorder.tiers.server_opened
     assert opened <= 2 + math.ceil(30 / 5)
+
+
+def test_transaction_time_counts_the_wait_for_a_server() -> None:
+    """``handle_client_work`` sets ``xact_start`` before ``find_server``: SHOW STATS's
+    ``total_xact_time`` has each transaction's wait for a server in it."""
+    h = Harness(default_pool_size=1, pool_mode="transaction")
+    h.start((0.0, 1.0), (0.25, 1.0), (0.5, 1.0))
+    h.env.run(until=10)
+    # Each holds its server 1 s; they waited 0, 0.75 and 1.5 s.
+    xacts = h.recorder.tiers.pgbouncer_xacts
+    waits = h.recorder.tiers.pgbouncer_waits
+    assert xacts == pytest.approx([1.0, 1.75, 2.5])
+    assert waits == pytest.approx([0.0, 0.75, 1.5])
+    metrics = h.recorder.tiers.metrics(10.0, 3)
+    assert metrics["pgbouncer_xact_mean_ms"] - metrics["pgbouncer_wait_mean_ms"] == \
+        pytest.approx(1000.0)

@@ -379,12 +379,20 @@ def configure(scenario: Scenario, svc: Services) -> str | None:
 
 
 def _configure_pgbouncer(scenario: Scenario, svc: Services) -> str | None:
-    """Apply ``[pgbouncer]`` to the run's PgBouncer (a throwaway one was started with it)."""
+    """Apply ``[pgbouncer]`` to the run's PgBouncer, unless it already has those settings.
+
+    A PgBouncer of labs' own knows what it was started (or last set) with: a
+    throwaway one started for this scenario needs nothing, one started for a
+    suite with the first scenario's settings needs the others'.
+    """
     bouncer = svc.topology.endpoint(pgbouncer.PGBOUNCER)
-    if scenario.pgbouncer is None or bouncer is None or svc.source == "throwaway":
+    if scenario.pgbouncer is None or bouncer is None:
         return None
     local = [s for s in (svc.cluster.servers(pgbouncer.PGBOUNCER) if svc.cluster else [])
              if isinstance(s, pgbouncer.PgBouncerServer)]
+    if local and (pgbouncer.ini_settings(local[0].config)
+                  == pgbouncer.ini_settings(scenario.pgbouncer)):
+        return None
     try:
         pgbouncer.apply_config(bouncer.admin_dsn, scenario.pgbouncer,
                                local[0] if local else None)

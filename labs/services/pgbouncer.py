@@ -73,6 +73,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -466,6 +467,7 @@ def apply_config(
             for key, value in wanted.items():
                 console.set(key, value)
             shown = console.config()
+            _drop_servers(console)
     except ConsoleError as e:
         raise ServiceError(f"{where}: cannot apply [pgbouncer]: {e}") from None
     except Exception as e:  # the driver's: PgBouncer not answering
@@ -477,6 +479,31 @@ def apply_config(
             raise ServiceError(f"{where}: pgbouncer.{key}: must become {value} after SET, "
                                f"got {got}")
     return {key: shown[key].value for key in wanted}
+
+
+#: Seconds apply_config waits for PgBouncer to close the servers of earlier settings.
+DRAIN_TIMEOUT = 5.0
+
+
+def _drop_servers(console: Console) -> None:
+    """Close every server connection the earlier settings opened (``RECONNECT``).
+
+    A smaller ``default_pool_size`` only stops PgBouncer from *launching*
+    servers: the ones it holds stay idle in the pool and are handed out as
+    before (``find_server`` takes any idle server), so a run after a run with
+    a larger pool would see the larger pool.  ``RECONNECT`` closes each server
+    once released, which between runs is at once; new ones are then launched
+    under the new settings.  Waits until the console shows at most
+    ``min_pool_size`` of them per pool (those it reopens at once).
+    """
+    console.command("RECONNECT")
+    floor = int(console.config()["min_pool_size"].value)
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    while time.monotonic() < deadline:
+        pools = [p for p in console.pools() if p.database != "pgbouncer"]
+        if all(p.servers <= floor for p in pools):
+            return
+        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------

@@ -29,7 +29,8 @@ from typing import TypeVar
 
 from labs import validate
 from labs.compare import render_compare, run_comparison
-from labs.executor import run_live
+from labs.diagnose import diagnose, port_of
+from labs.executor import LiveResult, run_live
 from labs.services import ServiceError, Services, configure, discovery, services_for_scenario
 from labs.services.common import signals_deferred, signals_raise
 from labs.services.discovery import env_variables
@@ -114,6 +115,9 @@ def _services_info(scenario: Scenario, svc: Services) -> dict[str, object]:
         info["replica_delay"] = svc.replica_delay()
     if scenario.pgbouncer is not None:
         info["pgbouncer"] = svc.pgbouncer is not None
+        port = port_of(svc.pgbouncer) if svc.pgbouncer is not None else None
+        if port is not None:
+            info["pgbouncer_port"] = port
     return info
 
 
@@ -131,11 +135,19 @@ def _live(scenario: Scenario, work: Callable[[Topology], R]) -> tuple[R, dict[st
         return work(svc.topology), _services_info(scenario, svc)
 
 
+def _note_faults(scenario: Scenario, result: LiveResult, pgbouncer_port: str | None) -> None:
+    """One line on stderr when the run failed requests: which fault, and what to change."""
+    line = diagnose(scenario, result.metrics, result.details, pgbouncer_port)
+    if line:
+        print(f"labs: {scenario.name}: {line}", file=sys.stderr)
+
+
 def _run(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario, args.overrides)
     progress = not args.json and sys.stderr.isatty()
     result, info = _live(scenario, lambda t: run_live(scenario, t, progress=progress))
     result.details["services"] = info
+    _note_faults(scenario, result, info.get("pgbouncer_port"))  # type: ignore[arg-type]
     if args.json:
         print(json.dumps(result.to_json(), allow_nan=False))
     else:
@@ -148,6 +160,7 @@ def _compare(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario, args.overrides)
     comparison, info = _live(scenario, lambda t: run_comparison(scenario, t))
     comparison.live.details["services"] = info
+    _note_faults(scenario, comparison.live, info.get("pgbouncer_port"))  # type: ignore[arg-type]
     doc = comparison.document
     print(json.dumps(doc, allow_nan=False) if args.json else render_compare(doc))
     return 0

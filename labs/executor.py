@@ -261,7 +261,7 @@ def plan_run(scenario: Scenario, topology: Topology, drain_limit: float | None =
         probes.append(CacheMonitor(driver.cache.url, driver.cache.prefix, ctx.now))
     if tiers(scenario):
         user = parse_dsn(topology.primary.dsn).get("user", "")
-        probes.append(ServerMonitor(admin, user, app, ctx.now))
+        probes.append(ServerMonitor(monitor, user, ctx.now))
     if bouncer is not None:
         database = parse_dsn(bouncer.dsn).get("dbname", "")
         probes.append(PgBouncerMonitor(bouncer.admin_dsn, database, ctx.now))

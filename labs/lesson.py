@@ -40,7 +40,7 @@ from labs import host
 from labs.calibrate import Calibration, calibrate
 from labs.compare import Comparison, run_comparison
 from labs.executor import LiveResult, run_live
-from labs.services import configure, services_for
+from labs.services import ServiceError, configure, configure_pgbouncer, services_for
 from simlib.metrics import Estimate
 from simlib.scenario import Scenario, parse_scenario
 from simlib.simulation import SimulationResult, check_supported, simulate
@@ -80,6 +80,15 @@ LABELS = {
     "replica_read_share": "reads on replicas",
     "query_mean_ms": "query (ms)",
     "idle_in_transaction_mean": "sessions idle in transaction (mean)",
+    "server_connections_max": "Postgres connections (max)",
+    "server_connections_mean": "Postgres connections (mean)",
+    "server_connections_opened_per_s": "Postgres connections opened/s",
+    "server_refused_per_s": "refused by Postgres/s",
+    "pgbouncer_wait_mean_ms": "wait in PgBouncer (ms)",
+    "pgbouncer_xact_mean_ms": "transaction in PgBouncer (ms)",
+    "cold_start_rate": "cold-start share",
+    "throttle_rate": "throttled share",
+    "environments_mean": "environments (mean)",
 }
 
 
@@ -114,9 +123,11 @@ class Lab:
     """The servers of one lesson: started on first use, stopped by :meth:`close`.
 
     ``Lab(replicas=1, redis=True)`` asks for a streaming replica and a Redis
-    too.  Servers come from where every labs command finds them (the
-    ``LABS_*`` variables, ``python -m labs services up``, else throwaway
-    local servers started now); ``source`` says which.
+    too; ``Lab(pgbouncer=True)`` for a PgBouncer in front of the primary
+    (each scenario's ``[pgbouncer]`` reaches it through its admin console).
+    Servers come from where every labs command finds them (the ``LABS_*``
+    variables, ``python -m labs services up``, else throwaway local servers
+    started now); ``source`` says which.
     """
 
     def __init__(
@@ -126,11 +137,13 @@ class Lab:
         redis: bool = False,
         max_connections: int = 100,
         replica_delay: float = 0.0,
+        pgbouncer: bool = False,
     ) -> None:
         self._stack = contextlib.ExitStack()
+        extra: dict[str, object] = {"pgbouncer": True} if pgbouncer else {}
         self.svc = self._stack.enter_context(
             services_for(replicas=replicas, redis=redis, max_connections=max_connections,
-                         replica_delay=replica_delay)
+                         replica_delay=replica_delay, **extra)
         )
         self._calibration: Calibration | None = None
 
@@ -206,6 +219,21 @@ class Lab:
                 for e in cmp.live.details.get("errors_top", [])[:2]:
                     print(f"  {e['count']} x {e['error'][:120]}")
                 time.sleep(3 * attempt)  # let a neighbour's burst pass
+
+    def pgbouncer(self, **settings: object) -> str:
+        """The Lab's PgBouncer, given ``settings`` (``[pgbouncer]`` names); its DSN.
+
+        For trying PgBouncer by hand (``psycopg2.connect(lab.pgbouncer(pool_mode=
+        "transaction", default_pool_size=1))``).  ServiceError, in one line,
+        when the Lab has no PgBouncer (``Lab(pgbouncer=True)``).
+        """
+        dsn = self.svc.pgbouncer
+        if dsn is None:
+            raise ServiceError("pgbouncer: this Lab has none; make it with Lab(pgbouncer=True)")
+        config = parse_scenario({"name": "lab-pgbouncer", "pgbouncer": dict(settings)}).pgbouncer
+        assert config is not None
+        configure_pgbouncer(config, self.svc)
+        return dsn
 
     def close(self) -> None:
         """Stop the servers this Lab started (safe to call twice)."""
@@ -352,7 +380,7 @@ def side_by_side(
 def _is_share(name: str) -> bool:
     return name in {"p_wait", "timeout_rate", "error_rate", "cache_hit_ratio",
                     "stale_read_ratio", "replica_read_share", "incomplete_rate",
-                    "cache_coalesced_ratio"}
+                    "cache_coalesced_ratio", "cold_start_rate", "throttle_rate"}
 
 
 def check(

@@ -229,6 +229,11 @@ class Monitor(_Sampler):
         self._conn = _connect(dsn, app + "-monitor")
         self._cur = self._conn.cursor()
 
+    @property
+    def connection(self) -> Any:
+        """The monitor's session (a superuser's, in the slot labs sets aside)."""
+        return self._conn
+
     def close(self) -> None:
         try:
             self._conn.close()
@@ -433,17 +438,20 @@ class ServerMonitor(_Sampler):
     SQL = ("SELECT pid FROM pg_stat_activity WHERE usename = %s "
            "AND backend_type = 'client backend' AND application_name NOT LIKE '%%-monitor'")
 
-    def __init__(self, dsn: str, user: str, app: str, clock: Clock,
+    def __init__(self, monitor: Monitor, user: str, clock: Clock,
                  interval: float = SAMPLE_INTERVAL) -> None:
         super().__init__(clock, interval)
         self.user = user
         self.first_seen: dict[int, float] = {}
-        self._conn = _connect(dsn, app + "-server-monitor")
-        self._cur = self._conn.cursor()
+        # On the pg_stat_activity monitor's own session (psycopg2 lets threads
+        # share a connection, each with its cursor): every admin session open
+        # during a run takes one of Postgres's slots from the run's role, and
+        # the server sets aside exactly one for labs (labs.services.postgres).
+        self._cur = monitor.connection.cursor()
 
     def close(self) -> None:
         try:
-            self._conn.close()
+            self._cur.close()
         except psycopg2.Error:
             pass
 

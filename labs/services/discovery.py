@@ -57,6 +57,7 @@ from labs.services.redis import redis_problem  # noqa: F401  (re-exported)
 from labs.topology import Endpoint, Topology
 
 if TYPE_CHECKING:  # for annotations only
+    from simlib.pgbouncer import PgBouncerConfig
     from simlib.scenario import Scenario
 
 log = logging.getLogger("labs.services")
@@ -379,23 +380,38 @@ def configure(scenario: Scenario, svc: Services) -> str | None:
 
 
 def _configure_pgbouncer(scenario: Scenario, svc: Services) -> str | None:
-    """Apply ``[pgbouncer]`` to the run's PgBouncer, unless it already has those settings.
+    """Apply ``[pgbouncer]`` to the run's PgBouncer (see :func:`configure_pgbouncer`).
+
+    A run straight to Postgres beside a PgBouncer of labs' own (a lesson's, a
+    suite's) first has it close its idle servers: they are Postgres
+    connections of the run's own user, and would take ``max_connections``
+    slots the scenario gives its pools.
+    """
+    if scenario.pgbouncer is not None:
+        return configure_pgbouncer(scenario.pgbouncer, svc)
+    bouncer = svc.topology.endpoint(pgbouncer.PGBOUNCER)
+    if bouncer is not None and svc.source != "env":
+        pgbouncer.close_servers(bouncer.admin_dsn)
+    return None
+
+
+def configure_pgbouncer(config: PgBouncerConfig, svc: Services) -> str | None:
+    """Give the run's PgBouncer ``config``, unless it already has those settings.
 
     A PgBouncer of labs' own knows what it was started (or last set) with: a
     throwaway one started for this scenario needs nothing, one started for a
-    suite with the first scenario's settings needs the others'.
+    suite with the first scenario's settings needs the others'.  Returns a
+    note when a PgBouncer of one's own (``LABS_PGBOUNCER``) refused them.
     """
     bouncer = svc.topology.endpoint(pgbouncer.PGBOUNCER)
-    if scenario.pgbouncer is None or bouncer is None:
+    if bouncer is None:
         return None
     local = [s for s in (svc.cluster.servers(pgbouncer.PGBOUNCER) if svc.cluster else [])
              if isinstance(s, pgbouncer.PgBouncerServer)]
-    if local and (pgbouncer.ini_settings(local[0].config)
-                  == pgbouncer.ini_settings(scenario.pgbouncer)):
+    if local and pgbouncer.ini_settings(local[0].config) == pgbouncer.ini_settings(config):
         return None
     try:
-        pgbouncer.apply_config(bouncer.admin_dsn, scenario.pgbouncer,
-                               local[0] if local else None)
+        pgbouncer.apply_config(bouncer.admin_dsn, config, local[0] if local else None)
     except ServiceError as e:
         if svc.source != "env":
             raise

@@ -485,6 +485,19 @@ def apply_config(
 DRAIN_TIMEOUT = 5.0
 
 
+def close_servers(admin_dsn: str) -> None:
+    """Have a running PgBouncer close its server connections (see :func:`_drop_servers`)."""
+    where = f"pgbouncer at {postgres_address(admin_dsn)}"
+    try:
+        with Console.open(admin_dsn, CHECK_TIMEOUT) as console:
+            _drop_servers(console)
+    except ConsoleError as e:
+        raise ServiceError(f"{where}: cannot close its servers: {e}") from None
+    except Exception as e:  # the driver's: PgBouncer not answering
+        raise ServiceError(f"{where}: cannot close its servers: "
+                           f"{driver_problem(e, admin_dsn)}") from None
+
+
 def _drop_servers(console: Console) -> None:
     """Close every server connection the earlier settings opened (``RECONNECT``).
 

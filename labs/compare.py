@@ -63,6 +63,7 @@ from labs.calibrate import (
     live_query,
 )
 from labs.executor import LiveResult, run_live
+from labs.json_out import finite
 from labs.topology import Topology
 from simlib.metrics import prediction_interval
 from simlib.scenario import Scenario
@@ -272,7 +273,7 @@ class Comparison:
         # keeps the calibrated hold and reports the run's net of the wait.
         multiplexed = bouncer is not None and bouncer.pool_mode != "session"
         if multiplexed and summary["hold_ms"] is not None:
-            wait = _finite_or_none(live.metrics.get("pgbouncer_wait_mean_ms"))
+            wait = finite(live.metrics.get("pgbouncer_wait_mean_ms"))
             summary["hold_ms"] = max(0.0, summary["hold_ms"] - (wait or 0.0))
         values: dict[str, object] = {}
         if live.connect_durations:
@@ -329,10 +330,6 @@ class Comparison:
 
     def to_json(self) -> dict[str, Any]:
         return self.document
-
-
-def _finite_or_none(x: object) -> float | None:
-    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
 
 
 def _mean_ms(xs: list[float]) -> float | None:

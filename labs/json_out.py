@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-__all__ = ["json_safe"]
+__all__ = ["finite", "json_safe"]
 
 
 def json_safe(x: object) -> object:
@@ -27,3 +27,8 @@ def json_safe(x: object) -> object:
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
+
+
+def finite(x: object) -> float | None:
+    """A finite number as a float; None for NaN, the infinities and anything not a number."""
+    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None

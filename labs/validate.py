@@ -43,7 +43,6 @@ calibration saw).
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -54,7 +53,7 @@ from labs.calibrate import Calibration, calibrate
 from labs.compare import run_comparison
 from labs.executor import LiveResult
 from labs.host import busy_cores
-from labs.json_out import json_safe
+from labs.json_out import finite, json_safe
 from labs.services import Services, configure, services_for
 from simlib.metrics import Estimate
 from simlib.scenario import Scenario, ScenarioError, load_scenario
@@ -165,13 +164,9 @@ def score(goal: Goal, predicted: float | None, measured: float | None,
             "error": error, "passed": bool(passed)}
 
 
-def _finite(x: object) -> float | None:
-    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
-
-
 def _predicted(metrics: dict[str, Estimate], name: str) -> float | None:
     est = metrics.get(name)
-    return None if est is None else _finite(est.value)
+    return None if est is None else finite(est.value)
 
 
 def evidence(live: LiveResult) -> dict[str, object]:
@@ -179,10 +174,10 @@ def evidence(live: LiveResult) -> dict[str, object]:
     details, server, m = live.details, live.server, live.metrics
     cpu = details.get("cpu", {})
     return {
-        "offered_rps": _finite(m.get("offered_rps")),
-        "achieved_rate_rps": _finite(m.get("achieved_rate_rps")),
-        "scheduler_lag_mean_ms": _finite(m.get("scheduler_lag_mean_ms")),
-        "scheduler_lag_p99_ms": _finite(m.get("scheduler_lag_p99_ms")),
+        "offered_rps": finite(m.get("offered_rps")),
+        "achieved_rate_rps": finite(m.get("achieved_rate_rps")),
+        "scheduler_lag_mean_ms": finite(m.get("scheduler_lag_mean_ms")),
+        "scheduler_lag_p99_ms": finite(m.get("scheduler_lag_p99_ms")),
         "client_cores": cpu.get("client_cores"),
         "host_busy_cores": cpu.get("host_busy_cores"),
         "host_cores": cpu.get("host_cores"),
@@ -198,7 +193,7 @@ def _checks(predicted: dict[str, Estimate], live: LiveResult, duration: float,
             ranges: dict[str, list[float] | None] | None = None) -> list[dict[str, object]]:
     checks = []
     for g in GOALS:
-        c = score(g, _predicted(predicted, g.metric), _finite(live.metrics.get(g.metric)),
+        c = score(g, _predicted(predicted, g.metric), finite(live.metrics.get(g.metric)),
                   duration)
         rng = (ranges or {}).get(g.metric)
         if rng is not None and c["measured"] is not None:

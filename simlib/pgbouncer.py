@@ -185,7 +185,7 @@ class PgBouncer:
         self.links: dict[Connection, Connection] = {}  # client -> its linked server
         # client -> when its transaction's first statement reached PgBouncer
         # (SHOW STATS's xact_start: set before find_server, so the wait counts)
-        self.linked_at: dict[Connection, float] = {}
+        self.xact_start: dict[Connection, float] = {}
         self.idle: deque[Connection] = deque()  # idle servers, the next to use first
         self.idle_since: dict[Connection, float] = {}
         self.servers = 0  # server connections, the one logging in included
@@ -236,7 +236,7 @@ class PgBouncer:
         self.clients -= 1
         self.recorder.connection_closed()
         server = self.links.pop(conn, None)
-        self.linked_at.pop(conn, None)
+        self.xact_start.pop(conn, None)
         if server is not None:
             # server_reset_query (DISCARD ALL) runs before the server is idle.
             reset = self.primary.rtt if self.config.pool_mode == "session" else 0.0
@@ -263,7 +263,7 @@ class PgBouncer:
     def _server_lost(self, server: Connection, client: Connection) -> None:
         # Postgres ended the session: PgBouncer closes the client linked to it.
         self.links.pop(client, None)
-        self.linked_at.pop(client, None)
+        self.xact_start.pop(client, None)
         self.servers -= 1
         if not client.closed:
             client.closed = True
@@ -286,7 +286,7 @@ class PgBouncer:
         server = self._take_idle()
         if server is not None:
             self.links[conn] = server
-            self.linked_at[conn] = asked
+            self.xact_start[conn] = asked
             self.recorder.pgbouncer_waited(asked, 0.0)
             return None
         waiter = _Waiter(self.env.event(), asked, conn)
@@ -308,9 +308,9 @@ class PgBouncer:
 
     def _unlink(self, conn: Connection) -> None:
         server = self.links.pop(conn, None)
-        linked = self.linked_at.pop(conn, None)
-        if linked is not None:
-            self.recorder.pgbouncer_unlinked(linked)
+        started = self.xact_start.pop(conn, None)
+        if started is not None:
+            self.recorder.pgbouncer_unlinked(started)
         if server is not None:
             self._release(server)
 
@@ -349,7 +349,7 @@ class PgBouncer:
             waiter.done = True
             self.waiting_live -= 1
             self.links[waiter.client] = server
-            self.linked_at[waiter.client] = waiter.since
+            self.xact_start[waiter.client] = waiter.since
             self.recorder.pgbouncer_waited(waiter.since, self.env.now - waiter.since)
             waiter.event.succeed(True)
             return True

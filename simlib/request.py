@@ -10,7 +10,10 @@ What a web handler with a pool does for each database call, in order:
    CPU-bound query shares the server's cores with the others running);
 3. **reset**: the client's own Python holding the connection (the
    ``[client]`` table's ``hold``), then the pool's reset on return
-   (``ROLLBACK``/``COMMIT``);
+   (``ROLLBACK``/``COMMIT``).  Behind PgBouncer the order is the other way
+   round for the server's sake: the transaction, and with it PgBouncer's
+   server, ends at the reset's answer, and most of the client's own work
+   (building the first statement, the pool's return path) lies outside it;
 4. **release**: give the connection back under the pool's rules.
 
 A request runs its Python holding the application process's interpreter
@@ -275,9 +278,7 @@ class RequestPath:
         if conn.closed:
             yield from pool.discard(conn)
         else:
-            if reset:
-                yield from interp.compute(pool.reset_cpu)
-                yield from interp.io(reset)
+            yield from self._reset(pool, reset)
             server.transaction_done(conn)
             yield from pool.release(conn)
         self.recorder.checked_in()

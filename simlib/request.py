@@ -148,10 +148,7 @@ class RequestPath:
         starts; ``commit()`` when its result is back, before the reset.  The
         caller holds the interpreter before and after.
         """
-        env = self.env
-        recorder = self.recorder
-        interp = self.interpreter
-        pool = backend.pool
+        env, recorder, pool = self.env, self.recorder, backend.pool
         if request.asked is None:
             request.asked = env.now
         try:
@@ -174,7 +171,7 @@ class RequestPath:
                 and not pool.reset_cpu and not server.per_statement):
             # Round trip + service + reset in one wait: same result, fewer events.
             query = server.rtt + self.service_time()
-            yield from interp.io(query + reset)
+            yield from self.interpreter.io(query + reset)
             done = got + query
             if pooled:
                 server.transaction_done(conn)
@@ -190,24 +187,34 @@ class RequestPath:
                 server.statement_done(conn)
             if commit is not None:
                 version = commit()
-            if pooled and self.leaks is None:
-                # Through PgBouncer the transaction ends with the reset's answer:
-                # the client's own work (building the statement before its first
-                # packet, the pool's return path after the reset) is outside it,
-                # so the server goes back before that work, not after.
-                yield from self._reset(pool, reset)
-                server.transaction_done(conn)
-                yield from self._client_work()
-            else:
-                yield from self._client_work()
-                if self._leak(request, conn, backend, reset):
-                    return OK, got, done, version
-                yield from self._reset(pool, reset)
-                if pooled:
-                    server.transaction_done(conn)
+            if (yield from self._give_back(request, conn, backend, reset)):
+                return OK, got, done, version  # leaked: it comes back later
         yield from pool.release(conn)
         recorder.checked_in()
         return OK, got, done, version
+
+    def _give_back(self, request: Request, conn: Connection, backend: Backend, reset: float
+                   ) -> Generator[simpy.Event, Any, bool]:
+        """After the answer: the client's own work and the reset; True if the request leaked.
+
+        Through PgBouncer the transaction ends with the reset's answer: the
+        client's own work (building the statement before its first packet, the
+        pool's return path after the reset) is outside it, so the server goes
+        back before that work, not after.
+        """
+        pool, server = backend.pool, backend.server
+        if server.multiplexed and self.leaks is None:
+            yield from self._reset(pool, reset)
+            server.transaction_done(conn)
+            yield from self._client_work()
+            return False
+        yield from self._client_work()
+        if self._leak(request, conn, backend, reset):
+            return True
+        yield from self._reset(pool, reset)
+        if server.multiplexed:
+            server.transaction_done(conn)
+        return False
 
     def _client_work(self) -> Generator[simpy.Event, Any, None]:
         """The client's work while the connection is out (driver, result, return path)."""

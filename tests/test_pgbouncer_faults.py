@@ -154,6 +154,12 @@ def world(root: Path) -> dict[str, str]:
     return env
 
 
+def scenario_file(root: Path, max_client_conn: int, duration: float) -> Path:
+    path = root / "s.toml"
+    path.write_text(SCENARIO.format(max_client_conn=max_client_conn, duration=duration))
+    return path
+
+
 def labs(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "labs", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -196,9 +202,7 @@ def assert_nothing_left(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_max_client_conn_reached_is_counted_and_named(place: Path) -> None:
     tmp_path = place
-    env = world(tmp_path)
-    path = tmp_path / "s.toml"
-    path.write_text(SCENARIO.format(max_client_conn=3, duration=3.0))
+    env, path = world(tmp_path), scenario_file(tmp_path, max_client_conn=3, duration=3.0)
     run = labs(env, "run", str(path), "--json")
     assert run.returncode == 0, run.stderr
     doc = json.loads(run.stdout)
@@ -220,9 +224,7 @@ def test_max_client_conn_reached_is_counted_and_named(place: Path) -> None:
 @pytest.mark.timeout(180)
 def test_pgbouncer_killed_mid_run_is_counted_and_named(place: Path) -> None:
     tmp_path = place
-    env = world(tmp_path)
-    path = tmp_path / "s.toml"
-    path.write_text(SCENARIO.format(max_client_conn=100, duration=4.0))
+    env, path = world(tmp_path), scenario_file(tmp_path, max_client_conn=100, duration=4.0)
     up = labs(env, "services", "up", "--replicas", "0", "--no-redis", "--pgbouncer", "--json")
     try:
         assert up.returncode == 0, up.stderr

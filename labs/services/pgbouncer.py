@@ -462,17 +462,11 @@ def apply_config(
         server.config = config
         server.write_ini()
     where = f"pgbouncer at {postgres_address(admin_dsn)}"
-    try:
-        with Console.open(admin_dsn, CHECK_TIMEOUT) as console:
-            for key, value in wanted.items():
-                console.set(key, value)
-            shown = console.config()
-            _drop_servers(console)
-    except ConsoleError as e:
-        raise ServiceError(f"{where}: cannot apply [pgbouncer]: {e}") from None
-    except Exception as e:  # the driver's: PgBouncer not answering
-        raise ServiceError(f"{where}: cannot apply [pgbouncer]: "
-                           f"{driver_problem(e, admin_dsn)}") from None
+    with _console(admin_dsn, "cannot apply [pgbouncer]") as console:
+        for key, value in wanted.items():
+            console.set(key, value)
+        shown = console.config()
+        _drop_servers(console)
     for key, value in wanted.items():
         if not _agrees(shown.get(key), value):
             got = shown[key].value if key in shown else "absent"
@@ -487,15 +481,21 @@ DRAIN_TIMEOUT = 5.0
 
 def close_servers(admin_dsn: str) -> None:
     """Have a running PgBouncer close its server connections (see :func:`_drop_servers`)."""
+    with _console(admin_dsn, "cannot close its servers") as console:
+        _drop_servers(console)
+
+
+@contextlib.contextmanager
+def _console(admin_dsn: str, doing: str) -> Iterator[Console]:
+    """PgBouncer's admin console; a failure is one ServiceError line: where, ``doing``, why."""
     where = f"pgbouncer at {postgres_address(admin_dsn)}"
     try:
         with Console.open(admin_dsn, CHECK_TIMEOUT) as console:
-            _drop_servers(console)
+            yield console
     except ConsoleError as e:
-        raise ServiceError(f"{where}: cannot close its servers: {e}") from None
+        raise ServiceError(f"{where}: {doing}: {e}") from None
     except Exception as e:  # the driver's: PgBouncer not answering
-        raise ServiceError(f"{where}: cannot close its servers: "
-                           f"{driver_problem(e, admin_dsn)}") from None
+        raise ServiceError(f"{where}: {doing}: {driver_problem(e, admin_dsn)}") from None
 
 
 def _drop_servers(console: Console) -> None:

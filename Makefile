@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv services-deps demo test lint check golden lab course bench bench-harness validate lock clean distclean
+.PHONY: venv services-deps demo test lint check golden lab course student bench bench-harness validate lock clean distclean
 
 # .venv with the project (editable) and its dev tools, at the versions pinned in
 # constraints.txt.  Re-done only when pyproject.toml or constraints.txt change.
@@ -30,7 +30,7 @@ demo: venv
 test: venv services-deps check
 	$(PY) -m pytest tests
 	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg \
-		-p no:cacheprovider notebooks
+		-p no:cacheprovider notebooks/[0-9]*.ipynb
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -56,6 +56,12 @@ lab: venv
 # `make course ARGS=--inplace` also writes the executed notebooks back for committing.
 course: venv services-deps
 	$(PY) bench/bench_course.py $(ARGS)
+
+# The learners' notebooks (notebooks/student/) from the solutions in notebooks/: nbgrader's
+# ClearSolutions on the BEGIN/END SOLUTION markers (labs/course.py).  Re-run it after
+# re-executing a lesson; tests/test_student_versions.py fails while they differ.
+student: venv
+	$(PY) -m labs.course
 
 bench: venv
 	$(PY) bench/bench_speed.py

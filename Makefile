@@ -28,9 +28,10 @@ demo: venv
 # tests, then every notebook re-executed and compared with its committed outputs
 # (nbval; live cells assert their own tolerance, volatile text is in sanitize.cfg).
 test: venv services-deps check
-	$(PY) -m pytest tests
+	$(PY) -m pytest -m "not live" -n 2 -p no:cacheprovider tests
+	$(PY) -m pytest -m live tests
 	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg \
-		-p no:cacheprovider notebooks/[0-9]*.ipynb
+		-p no:cacheprovider notebooks/[0-9]*.ipynb notebooks/appendix-*.ipynb
 
 lint: venv
 	$(VENV)/bin/ruff check .

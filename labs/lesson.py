@@ -91,6 +91,29 @@ LABELS = {
     "environments_mean": "environments (mean)",
 }
 
+# Axis labels of the settings a sweep varies, and how one of their values reads in a legend.
+SETTING_LABELS = {
+    "pool.pool_size": ("pool_size (connections)", "pool_size {:g}"),
+    "pool.max_overflow": ("max_overflow (connections)", "max_overflow {:g}"),
+    "pool.pool_timeout": ("pool_timeout (s)", "pool_timeout {:g} s"),
+    "workload.rate": ("request rate (req/s)", "{:g} req/s"),
+    "fleet.instances": ("instances", "{:g} instances"),
+    "pgbouncer.default_pool_size": ("PgBouncer default_pool_size", "default_pool_size {:g}"),
+    "cache.ttl": ("cache TTL (s)", "TTL {:g} s"),
+}
+
+
+def setting_label(name: str, value: Any = None) -> str:
+    """A swept setting for an axis (``value`` None) or one of its values for a legend."""
+    short = name.rsplit(".", 1)[-1]
+    axis, legend = SETTING_LABELS.get(name, (short, short + " {:g}"))
+    if value is None:
+        return axis
+    try:
+        return legend.format(float(value))
+    except (TypeError, ValueError):
+        return legend.replace("{:g}", "{}").format(value)
+
 
 def scenario(data: Mapping[str, Any], **sections: Mapping[str, Any]) -> Scenario:
     """A validated scenario from a dict (the TOML file's structure), with sections merged in.
@@ -486,20 +509,29 @@ def plot_sweep(
     label: str | None = None,
     **plot_kw,
 ):
-    """A metric against one swept setting, with its 95% band (one line per ``by`` value)."""
+    """A metric against one swept setting, with its 95% band (one line per ``by`` value).
+
+    The band is the replications' t-interval of the mean, which knows nothing of
+    a metric's range: a share near 0 (a timeout rate of 0.002 from 3
+    replications) gets a band reaching below 0.  It is clipped to the values
+    the metric can take, [0, 1] for a share and [0, ∞) for the rest.
+    """
     import matplotlib.pyplot as plt
 
     if ax is None:
         _, ax = plt.subplots(figsize=(5.5, 3.4))
     groups = [(None, table)] if by is None else list(table.groupby(by))
+    top = 1.0 if _is_share(metric) else None
     for key, part in groups:
         part = part.sort_values(x)
-        name = label or (LABELS.get(metric, metric) if key is None else f"{by} = {key!s}")
+        name = label or (LABELS.get(metric, metric) if key is None else setting_label(by, key))
         line, = ax.plot(part[x], part[metric], marker="o", label=name, **plot_kw)
         low, high = f"{metric}_low", f"{metric}_high"
         if low in part and high in part:
-            ax.fill_between(part[x], part[low], part[high], alpha=0.2, color=line.get_color())
-    ax.set_xlabel(x)
+            ax.fill_between(part[x], part[low].clip(lower=0.0),
+                            part[high].clip(lower=0.0, upper=top),
+                            alpha=0.2, color=line.get_color())
+    ax.set_xlabel(setting_label(x))
     ax.set_ylabel(LABELS.get(metric, metric))
     ax.legend(frameon=False)
     ax.figure.tight_layout()

@@ -11,11 +11,14 @@ them on opening) and that the top-level README's course map lists every lesson.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+NOTEBOOK_DIR = Path(__file__).parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]-*.ipynb"))          # the lessons
+APPENDIX = NOTEBOOK_DIR / "appendix-instructors.ipynb"                # notes for instructors
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
 
@@ -23,7 +26,7 @@ def test_there_are_lessons() -> None:
     assert len(NOTEBOOKS) >= 8
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [*NOTEBOOKS, APPENDIX], ids=lambda p: p.name)
 def test_committed_executed_in_order_without_errors(path: Path) -> None:
     nb = json.loads(path.read_text())
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
@@ -86,3 +89,19 @@ def test_a_lesson_has_every_part(path: Path) -> None:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_listed_in_the_course_map(path: Path) -> None:
     assert f"notebooks/{path.name}" in README, f"README's course map lacks {path.name}"
+
+
+def test_the_lessons_links_to_the_appendix_land_on_a_section() -> None:
+    # A lesson keeps one sentence on how its checks were judged and links to its section here.
+    appendix = json.loads(APPENDIX.read_text())
+    anchors = {line.lstrip("#").strip().replace(" ", "-")
+               for c in appendix["cells"] if c["cell_type"] == "markdown"
+               for line in "".join(c["source"]).splitlines() if line.startswith("#")}
+    links = 0
+    for path in NOTEBOOKS:
+        text = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"])
+        for anchor in re.findall(r"\(appendix-instructors\.ipynb#([^)]+)\)", text):
+            assert anchor in anchors, f"{path.name} links to a missing section: {anchor}"
+            links += 1
+    assert links >= 6
+    assert "notebooks/appendix-instructors.ipynb" in README

@@ -48,7 +48,7 @@ from labs.live_metrics import (
     metrics,
     request_facts,
 )
-from labs.loadgen import Driven, LoadFacts, drive
+from labs.loadgen import Driven, LoadFacts, Observer, drive
 from labs.probes import (
     CacheMonitor,
     Monitor,
@@ -271,14 +271,20 @@ def plan_run(scenario: Scenario, topology: Topology, drain_limit: float | None =
     return Plan(scenario, topology, ctx, driver, monitor, probes, drain_limit, details)
 
 
-def drive_run(plan: Plan, progress: bool = False) -> DriveResult:
+def drive_run(plan: Plan, progress: bool = False, observe: Observer | None = None
+              ) -> DriveResult:
     """Phase 2: open the pool, run the load with the probes watching, close the pool.
 
     A fleet's instances each open their own, in processes of their own
-    (:mod:`labs.fleet`).
+    (:mod:`labs.fleet`).  ``observe(driver, records)``: called once the pool
+    is open, before the first request (see :func:`labs.loadgen.drive`); not
+    for a fleet, whose pools live in other processes.
     """
     ctx, admin, app = plan.ctx, plan.admin, plan.ctx.application_name
     fleet = plan.scenario.fleet
+    if observe is not None and fleet is not None and fleet.instances > 1:
+        raise ValueError("observe: a fleet's pools live in processes of their own, "
+                         "got fleet.instances > 1; observe a run of one instance")
     if fleet is not None and fleet.instances > 1:
         run = drive_fleet(plan.scenario, ctx, admin, plan.probes, plan.drain_limit)
         plan.details["fleet"] = run.details
@@ -300,7 +306,8 @@ def drive_run(plan: Plan, progress: bool = False) -> DriveResult:
     cpu = CpuMeter()
     try:
         records, facts = drive(plan.driver, ctx, plan.scenario, drain_limit=plan.drain_limit,
-                               progress=progress, on_start=start_probes, on_stop=on_stop)
+                               progress=progress, on_start=start_probes, on_stop=on_stop,
+                               observe=observe)
         run_end = ctx.now()
         cpu_used = cpu.read()
     finally:
@@ -418,6 +425,7 @@ def run_live(
     *,
     progress: bool = False,
     drain_limit: float | None = None,
+    observe: Observer | None = None,
 ) -> LiveResult:
     """Run ``scenario`` once on the servers of ``topology`` and measure it.
 
@@ -426,7 +434,10 @@ def run_live(
     calibration and the cancel at the end connect through the primary's
     ``admin_dsn``: on labs' own servers a superuser that uses the reserved
     connection slots, so watching never takes one of the ``max_connections``
-    the scenario's pool may use.
+    the scenario's pool may use.  ``observe(driver, records)``: called once
+    the pool is open, before the first request, with the run's driver and
+    its growing list of records (e.g. ``PoolExporter.observer()``,
+    :mod:`labs.monitoring`).
     """
     plan = plan_run(scenario, topology, drain_limit)
-    return measure_run(plan, drive_run(plan, progress))
+    return measure_run(plan, drive_run(plan, progress, observe))

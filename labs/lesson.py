@@ -147,7 +147,9 @@ class Lab:
 
     ``Lab(replicas=1, redis=True)`` asks for a streaming replica and a Redis
     too; ``Lab(pgbouncer=True)`` for a PgBouncer in front of the primary
-    (each scenario's ``[pgbouncer]`` reaches it through its admin console).
+    (each scenario's ``[pgbouncer]`` reaches it through its admin console);
+    ``Lab(prometheus=True)`` for a Prometheus server that scrapes a pool
+    exporter (``labs.services.local_prometheus(lab.svc)``, :mod:`labs.monitoring`).
     Servers come from where every labs command finds them (the ``LABS_*``
     variables, ``python -m labs services up``, else throwaway local servers
     started now); ``source`` says which.
@@ -161,9 +163,12 @@ class Lab:
         max_connections: int = 100,
         replica_delay: float = 0.0,
         pgbouncer: bool = False,
+        prometheus: bool = False,
     ) -> None:
         self._stack = contextlib.ExitStack()
         extra: dict[str, object] = {"pgbouncer": True} if pgbouncer else {}
+        if prometheus:
+            extra["prometheus"] = True
         self.svc = self._stack.enter_context(
             services_for(replicas=replicas, redis=redis, max_connections=max_connections,
                          replica_delay=replica_delay, **extra)
@@ -524,7 +529,12 @@ def plot_sweep(
     top = 1.0 if _is_share(metric) else None
     for key, part in groups:
         part = part.sort_values(x)
-        name = label or (LABELS.get(metric, metric) if key is None else setting_label(by, key))
+        if label is not None:
+            name = label
+        elif by is None:
+            name = LABELS.get(metric, metric)
+        else:
+            name = setting_label(by, key)
         line, = ax.plot(part[x], part[metric], marker="o", label=name, **plot_kw)
         low, high = f"{metric}_low", f"{metric}_high"
         if low in part and high in part:

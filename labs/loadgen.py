@@ -556,6 +556,9 @@ class LoopRunner:
 
 Runner = ThreadRunner | LoopRunner
 
+#: ``observe(driver, records)``: see :func:`drive`.
+Observer = Callable[[Any, list[Record]], None]
+
 
 def _session(
     driver: Driven,
@@ -564,6 +567,7 @@ def _session(
     on_start: Callable[[], None] | None,
     on_stop: Callable[[], None] | None,
     start_at: float | None,
+    observe: Observer | None = None,
 ) -> Steps[tuple[list[Record], LoadFacts]]:
     """Open the driver, start the clock, run the load, stop, close the driver."""
     ctx = load.ctx
@@ -572,6 +576,8 @@ def _session(
         if start_at is not None:
             yield runner.sleep, (max(0.0, start_at - time.perf_counter()),)
         ctx.restart_clock(start_at)
+        if observe is not None:
+            observe(driver, load.shared.records)
         if on_start is not None:
             on_start()
         try:
@@ -602,6 +608,7 @@ def drive(
     start_at: float | None = None,
     threads: int | None = None,
     instance: tuple[int, int] | None = None,
+    observe: Observer | None = None,
 ) -> tuple[list[Record], LoadFacts]:
     """Open ``driver``, run ``scenario``'s load through it, close it: the records and facts.
 
@@ -616,7 +623,12 @@ def drive(
     thread-based driver (default :func:`thread_count`).  ``instance=(k, n)``:
     this process is instance ``k`` of a fleet of ``n`` and issues the
     arrivals simlib's fleet sends to instance ``k`` (a uniform draw per
-    arrival on the "instances" stream).
+    arrival on the "instances" stream).  ``observe(driver, records)``: called
+    once the driver is open, before the first request, with the driver (its
+    library pool is ``driver.pool`` / ``driver.engine``) and the list the run
+    appends every request's record to -- for watching a run from outside (a
+    pool exporter, :mod:`labs.monitoring`); it must return at once and only
+    read what it is given.
     """
     w = scenario.workload
     if instance is not None and (w.kind != "open" or not 0 <= instance[0] < instance[1]):
@@ -635,7 +647,9 @@ def drive(
         if not driver.asynchronous:
             n = threads or thread_count(driver.limit, w.kind, w.clients,
                                         scenario.host.threads)
-            return run(_session(driver, load, ThreadRunner(load, n), on_start, on_stop, start_at))
+            return run(_session(driver, load, ThreadRunner(load, n), on_start, on_stop, start_at,
+                                observe))
         with asyncio.Runner(loop_factory=event_loop_factory()) as loop:
             runner = LoopRunner(load)
-            return loop.run(run_async(_session(driver, load, runner, on_start, on_stop, start_at)))
+            return loop.run(run_async(_session(driver, load, runner, on_start, on_stop, start_at,
+                                               observe)))

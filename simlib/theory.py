@@ -328,6 +328,41 @@ class MMc:
             return 0.0
         return math.log(self.p_wait / (1.0 - p)) / (self.c * self.service_rate - self.arrival_rate)
 
+    def response_longer_than(self, t: float) -> float:
+        """``P(T > t)`` of the response time ``T = W + S`` (FIFO), for ``t >= 0``.
+
+        With probability ``1 - C`` a request does not wait and ``T = S ~ Exp(μ)``;
+        with probability ``C`` it waits ``W' ~ Exp(θ)``, ``θ = cμ - λ``, and
+        ``T = W' + S`` is hypoexponential:
+        ``P(W' + S > t) = (θ e^{-μt} - μ e^{-θt}) / (θ - μ)`` (Erlang(2, μ) when θ = μ).
+        """
+        t = _non_negative("t", t)
+        mu, theta = self.service_rate, self.c * self.service_rate - self.arrival_rate
+        if abs(theta - mu) < 1e-12 * mu:
+            waited = (1.0 + mu * t) * math.exp(-mu * t)
+        else:
+            waited = (theta * math.exp(-mu * t) - mu * math.exp(-theta * t)) / (theta - mu)
+        return (1.0 - self.p_wait) * math.exp(-mu * t) + self.p_wait * waited
+
+    def response_quantile(self, p: float) -> float:
+        """Smallest ``t`` with ``P(T <= t) >= p`` (bisection on :meth:`response_longer_than`).
+
+        ``p`` must be in ``(0, 1)``.
+        """
+        p = float(p)
+        if not 0.0 < p < 1.0:
+            raise ValueError(f"p must be in (0, 1), got {p!r}")
+        lo, hi = 0.0, 1.0 / self.service_rate
+        while self.response_longer_than(hi) > 1.0 - p:
+            hi *= 2.0
+        for _ in range(200):
+            mid = (lo + hi) / 2.0
+            if self.response_longer_than(mid) > 1.0 - p:
+                lo = mid
+            else:
+                hi = mid
+        return (lo + hi) / 2.0
+
 
 def mmc(arrival_rate: float, service_rate: float, c: int) -> MMc:
     """M/M/c: Poisson arrivals λ, ``c`` servers each Exp(μ), unlimited FIFO queue.
@@ -342,7 +377,9 @@ def mmc(arrival_rate: float, service_rate: float, c: int) -> MMc:
         mean_in_system     L  = λ W = Lq + a  (Little)
 
     and the waiting time has ``P(W > t) = C e^{-(cμ-λ)t}``
-    (:meth:`MMc.p_wait_longer_than`, :meth:`MMc.wait_quantile`).
+    (:meth:`MMc.p_wait_longer_than`, :meth:`MMc.wait_quantile`); the response
+    time's tail and quantiles are :meth:`MMc.response_longer_than` and
+    :meth:`MMc.response_quantile`.
     Raises ``ValueError`` when ``λ >= cμ`` (the means are infinite).
     """
     lam = _non_negative("arrival_rate", arrival_rate)

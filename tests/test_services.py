@@ -111,6 +111,36 @@ def system_services_answer() -> bool:
 @pytest.mark.live
 @pytest.mark.skipif(MISSING is not None, reason=f"server binaries missing: {MISSING}")
 @pytest.mark.timeout(60)
+def test_throwaway_primary_counts_statements_in_pg_stat_statements():
+    # lesson 11 profiles on the server: the library is preloaded where it is installed
+    import psycopg2
+
+    with services_for(max_connections=5) as svc:
+        admin = psycopg2.connect(svc.primary_admin, connect_timeout=3)
+        admin.autocommit = True
+        try:
+            with admin.cursor() as a:
+                a.execute("SHOW shared_preload_libraries")
+                assert a.fetchone() == ("pg_stat_statements",)
+                a.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                a.execute("SELECT pg_stat_statements_reset()")
+            app = psycopg2.connect(svc.primary, connect_timeout=3)
+            try:
+                with app.cursor() as c:
+                    for k in range(7):
+                        c.execute("SELECT %s + 1", (k,))
+            finally:
+                app.close()
+            with admin.cursor() as a:
+                a.execute("SELECT calls FROM pg_stat_statements WHERE query = 'SELECT $1 + $2'")
+                assert a.fetchone() == (7,)
+        finally:
+            admin.close()
+
+
+@pytest.mark.live
+@pytest.mark.skipif(MISSING is not None, reason=f"server binaries missing: {MISSING}")
+@pytest.mark.timeout(60)
 def test_throwaway_primary_replica_redis_answer_and_vanish():
     import psycopg2
     import redis

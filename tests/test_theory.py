@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from simlib import theory
 from simlib.theory import (
     FifoPatienceSimulation,
     allen_cunneen_mean_wait,
@@ -510,3 +511,29 @@ def test_repairman_probabilities_and_bounds(n_clients, think, c):
     assert 0.0 <= r.utilisation <= 1.0 + 1e-12
     assert r.throughput <= min(n_clients / (think + 1.0), c) * (1 + 1e-9)
     assert r.mean_response >= 1.0 - 1e-9
+
+
+def test_mmc_response_time_tail_is_mm1s_exponential_and_a_simulations():
+    # M/M/1: the FIFO response time is exactly Exp(mu - lambda)
+    q = theory.mmc(80.0, 100.0, 1)
+    for t in (0.0, 0.01, 0.05, 0.2):
+        assert q.response_longer_than(t) == pytest.approx(math.exp(-20.0 * t), rel=1e-9)
+    assert q.response_quantile(0.99) == pytest.approx(math.log(100) / 20.0, rel=1e-9)
+    # M/M/3: against the empirical tail of Lindley's recursion for c servers (FIFO)
+    rng = np.random.default_rng(5)
+    lam, mu, c, n = 240.0, 100.0, 3, 200_000
+    arrivals = np.cumsum(rng.exponential(1 / lam, n))
+    service = rng.exponential(1 / mu, n)
+    free = np.zeros(c)
+    response = np.empty(n)
+    for i in range(n):
+        k = int(np.argmin(free))
+        start = max(arrivals[i], free[k])
+        free[k] = start + service[i]
+        response[i] = free[k] - arrivals[i]
+    q3 = theory.mmc(lam, mu, c)
+    tail = response[n // 10:]
+    for t in (0.01, 0.03, 0.06):
+        p = q3.response_longer_than(t)
+        se = math.sqrt(p * (1 - p) / len(tail)) * 10   # autocorrelated samples: a wide margin
+        assert abs(np.mean(tail > t) - p) < max(se, 0.01)

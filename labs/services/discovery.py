@@ -10,7 +10,7 @@
 ``services_for`` is the one entry point; its keywords are those the registered
 kinds read (:mod:`labs.services.base`: ``replicas``, ``max_connections`` and
 ``replica_delay`` for Postgres, ``redis`` for Redis, ``pgbouncer`` -- true or a
-scenario's ``[pgbouncer]`` -- for PgBouncer)::
+scenario's ``[pgbouncer]`` -- for PgBouncer, ``prometheus`` for Prometheus)::
 
     with services_for(replicas=1, redis=True, max_connections=20) as svc:
         svc.topology                              # labs.topology.Topology
@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from labs.services import pgbouncer, postgres
+from labs.services import pgbouncer, postgres, prometheus
 from labs.services.base import ServiceKind, Tier, kinds, resolve, slots
 from labs.services.checks import env_problem, redact
 from labs.services.cluster import (  # noqa: F401  (re-exported: callers use them from here)
@@ -108,6 +108,12 @@ class Services:
         """The DSN through PgBouncer to the primary's database, when asked for."""
         bouncer = self.topology.endpoint(pgbouncer.PGBOUNCER)
         return bouncer.dsn if bouncer else None
+
+    @property
+    def prometheus(self) -> str | None:
+        """The Prometheus server's base URL, when asked for (``prometheus=True``)."""
+        server = self.topology.endpoint(prometheus.PROMETHEUS)
+        return server.dsn if server else None
 
     @property
     def can_configure(self) -> bool:

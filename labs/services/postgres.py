@@ -29,6 +29,10 @@ recorded as the custom setting ``labs.admin_slots`` so that
 ``connection_limit(dsn)`` (the slots a DSN's role has during a run) can
 subtract it: the run's role gets exactly the scenario's N slots.
 
+Where the installation has it, ``pg_stat_statements`` is preloaded, so that a run
+or a lesson can ``CREATE EXTENSION pg_stat_statements`` and read what each
+statement cost on the server (lesson 11).
+
 Everything labs sets lives in ``labs.conf`` in the data directory, included at
 the end of ``postgresql.conf``; changing ``max_connections`` or the replica
 delay rewrites that file and restarts or reloads the server.
@@ -274,9 +278,22 @@ class PostgresServer(LocalServer):
             f"cluster_name = 'labs-{self.name}'",
             "logging_collector = off",
         ]
+        if self.has_pg_stat_statements():
+            # the per-statement counters lesson 11 profiles with; the extension's
+            # views appear in a database after CREATE EXTENSION pg_stat_statements
+            lines.append("shared_preload_libraries = 'pg_stat_statements'")
         if self.standby:
             lines.append(f"recovery_min_apply_delay = '{round(self.delay * 1000)}ms'")
         return "\n".join(lines) + "\n"
+
+    def has_pg_stat_statements(self) -> bool:
+        """Whether this installation ships pg_stat_statements (Debian: in ``postgresql-15``).
+
+        The library sits in the ``lib`` directory beside the real ``bin`` one, which
+        may be behind a symlink on PATH (``/usr/local/bin/postgres``).
+        """
+        real_bindir = (self.bindir / "postgres").resolve().parent
+        return (real_bindir.parent / "lib" / "pg_stat_statements.so").exists()
 
     def _write(self, path: Path, text: str) -> None:
         path.write_text(text)

@@ -89,6 +89,47 @@ def _service_mean(s: Scenario) -> float:
     return float(mean)
 
 
+def _pool_limit(scenario: Scenario, slo_p99_ms: float) -> int:
+    """The pool's connection limit, once the SLO and the workload are known to fit."""
+    if not isinstance(slo_p99_ms, int | float) or not slo_p99_ms > 0 or math.isinf(slo_p99_ms):
+        raise ScenarioError("slo_p99_ms", f"must be a number of milliseconds > 0, "
+                            f"got {slo_p99_ms!r}")
+    if scenario.workload.kind != "open":
+        raise ScenarioError("workload.kind", "alert_threshold sweeps the arrival rate: must be "
+                            f"'open', got {scenario.workload.kind!r}")
+    limit = scenario.pool.connection_limit()
+    if not limit:
+        raise ScenarioError("pool", "alert_threshold: the pool must have a connection limit "
+                            "(busy / pool size needs a size), got none")
+    return int(limit)
+
+
+def _sweep_rates(scenario: Scenario, limit: int, rates: Sequence[float] | None,
+                 points: int) -> list[float]:
+    """``rates`` checked, or ``points`` rates from 30% to 97% of ``limit / mean service``."""
+    if rates is None:
+        if points < 3:
+            raise ScenarioError("points", f"must be >= 3, got {points}")
+        capacity = limit / _service_mean(scenario)
+        rates = [capacity * (0.3 + 0.67 * i / (points - 1)) for i in range(points)]
+    rates = [float(r) for r in rates]
+    if len(rates) < 2 or any(b <= a for a, b in zip(rates, rates[1:])) or rates[0] <= 0:
+        raise ScenarioError("rates", f"must be at least two increasing rates > 0, got {rates}")
+    return rates
+
+
+def _curve(scenario: Scenario, rates: list[float], limit: int,
+           workers: int | None) -> tuple[CurvePoint, ...]:
+    """simlib at every rate: utilisation and the p99 with its interval."""
+    table = sweep(scenario, {"workload.rate": rates}, workers=workers)
+    return tuple(
+        CurvePoint(float(row["workload.rate"]), float(row["connections_busy_mean"]) / limit,
+                   float(row["latency_p99_ms"]), float(row["latency_p99_ms_low"]),
+                   float(row["latency_p99_ms_high"]))
+        for _, row in table.iterrows()
+    )
+
+
 def alert_threshold(
     scenario: Scenario,
     slo_p99_ms: float,
@@ -105,31 +146,9 @@ def alert_threshold(
     ScenarioError (one line) when the SLO is met at every rate, or broken at
     the lowest.
     """
-    if not isinstance(slo_p99_ms, int | float) or not slo_p99_ms > 0 or math.isinf(slo_p99_ms):
-        raise ScenarioError("slo_p99_ms", f"must be a number of milliseconds > 0, "
-                            f"got {slo_p99_ms!r}")
-    if scenario.workload.kind != "open":
-        raise ScenarioError("workload.kind", "alert_threshold sweeps the arrival rate: must be "
-                            f"'open', got {scenario.workload.kind!r}")
-    limit = scenario.pool.connection_limit()
-    if not limit:
-        raise ScenarioError("pool", "alert_threshold: the pool must have a connection limit "
-                            "(busy / pool size needs a size), got none")
-    if rates is None:
-        if points < 3:
-            raise ScenarioError("points", f"must be >= 3, got {points}")
-        capacity = limit / _service_mean(scenario)
-        rates = [capacity * (0.3 + 0.67 * i / (points - 1)) for i in range(points)]
-    rates = [float(r) for r in rates]
-    if len(rates) < 2 or any(b <= a for a, b in zip(rates, rates[1:])) or rates[0] <= 0:
-        raise ScenarioError("rates", f"must be at least two increasing rates > 0, got {rates}")
-    table = sweep(scenario, {"workload.rate": rates}, workers=workers)
-    curve = tuple(
-        CurvePoint(float(row["workload.rate"]), float(row["connections_busy_mean"]) / limit,
-                   float(row["latency_p99_ms"]), float(row["latency_p99_ms_low"]),
-                   float(row["latency_p99_ms_high"]))
-        for _, row in table.iterrows()
-    )
+    limit = _pool_limit(scenario, slo_p99_ms)
+    rates = _sweep_rates(scenario, limit, rates, points)
+    curve = _curve(scenario, rates, limit, workers)
     us = [p.utilisation for p in curve]
     if curve[0].p99_ms > slo_p99_ms:
         raise ScenarioError("slo_p99_ms", f"the predicted p99 is {curve[0].p99_ms:.1f} ms "
@@ -149,7 +168,7 @@ def alert_threshold(
         utilisation=mid,
         utilisation_ci95=(us[0] if low is None else low, us[-1] if high is None else high),
         rate=float(rate if rate is not None else math.nan),
-        pool_size=int(limit),
+        pool_size=limit,
         curve=curve,
     )
 

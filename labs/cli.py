@@ -7,7 +7,7 @@
     python -m labs validate [--only NAME] [--set KEY=VALUE ...] [--quick] [--json]
                             [--markdown] [--out FILE] [--strict]
     python -m labs services up [--replicas N] [--no-redis] [--max-connections N]
-                               [--pgbouncer] [--json]
+                               [--pgbouncer] [--prometheus] [--json]
     python -m labs services down [--json]
     python -m labs services status [--json]
 
@@ -88,6 +88,9 @@ def build_parser() -> Parser:
     up.add_argument("--pgbouncer", action="store_true",
                     help="also PgBouncer in front of the primary (its default settings; a "
                     "scenario's [pgbouncer] is applied per run)")
+    up.add_argument("--prometheus", action="store_true",
+                    help="also a Prometheus server on loopback (lesson 12; it scrapes the "
+                    "targets written to its targets/ directory)")
     ssub.add_parser("down", help="stop what `services up` started and delete its files")
     ssub.add_parser("status", help="show which services `labs run` would use")
     for p in ssub.choices.values():
@@ -270,11 +273,12 @@ def _services_up(args: argparse.Namespace) -> int:
     state = discovery.read_state()
     if state is not None:
         problems = discovery.state_problems(state)
-        if args.pgbouncer and not problems and not state.get("pgbouncer"):
-            raise UsageError(
-                "--pgbouncer: `labs services up` is already running without PgBouncer; "
-                "run `python -m labs services down` first"
-            )
+        for flag, name in (("pgbouncer", "PgBouncer"), ("prometheus", "Prometheus")):
+            if getattr(args, flag) and not problems and not state.get(flag):
+                raise UsageError(
+                    f"--{flag}: `labs services up` is already running without {name}; "
+                    "run `python -m labs services down` first"
+                )
         if not problems:
             doc = discovery.describe(env={})
             doc["already_running"] = True
@@ -286,7 +290,8 @@ def _services_up(args: argparse.Namespace) -> int:
         discovery.remove_state()
     discovery.check_state_dir()  # before starting servers it could not record
     wants = {"replicas": args.replicas, "redis": not args.no_redis,
-             "max_connections": args.max_connections, "pgbouncer": args.pgbouncer}
+             "max_connections": args.max_connections, "pgbouncer": args.pgbouncer,
+             "prometheus": args.prometheus}
     with signals_raise():
         cluster = discovery.LocalCluster.start(wants, detached=True)
         try:

@@ -64,6 +64,7 @@ from labs.calibrate import (
 )
 from labs.executor import LiveResult, run_live
 from labs.json_out import finite
+from labs.loadgen import Observer
 from labs.topology import Topology
 from simlib.metrics import prediction_interval
 from simlib.scenario import Scenario
@@ -345,6 +346,7 @@ def run_comparison(
     calibration: Calibration | None = None,
     client_costs: bool = True,
     replications: int | None = None,
+    observe: Observer | None = None,
 ) -> Comparison:
     """Calibrate on ``topology``, simulate the calibrated scenario, run it live.
 
@@ -352,7 +354,9 @@ def run_comparison(
     validate`` calibrates once for its whole suite); ``client_costs=False``
     predicts a free client (no :func:`labs.calibrate.calibrate_client` run);
     ``replications``: simulate this many replications instead of the
-    scenario's own (``labs validate`` uses more, for tighter ranges).
+    scenario's own (``labs validate`` uses more, for tighter ranges);
+    ``observe``: handed to :func:`labs.executor.run_live` (a pool exporter
+    watching the live run, lesson 12).
     """
     primary = topology.primary.dsn
     cal = calibration if calibration is not None else calibrate(primary, samples=samples)
@@ -367,7 +371,7 @@ def run_comparison(
     if replications is not None:
         predicted = predicted.with_values({"replications": replications})
     simulation = simulate(predicted)
-    live = run_live(scenario, topology, progress=progress)
+    live = run_live(scenario, topology, progress=progress, observe=observe)
     return Comparison(scenario, predicted, cal, client, keyed, simulation, live)
 
 

@@ -189,6 +189,61 @@ def test_exporter_stops_and_frees_its_port():
     assert threading.active_count() <= before
 
 
+class _FakeDBAPIConnection:
+    """Enough of a DB-API connection for a QueuePool to check it out and back in."""
+
+    def rollback(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_busy_seconds_integrate_the_checked_out_count():
+    """``dbpool_checked_out_seconds_total`` is the integral of the busy count: two
+    connections held for a measured interval add 2 x that interval, to the sampler's
+    resolution (the left-rectangle error is at most one 10 ms interval per change of
+    the count, here 4 changes: 0.04 connection-seconds, plus the scheduler's delay of
+    a sample, a few ms)."""
+    from sqlalchemy.pool import QueuePool
+
+    pool = QueuePool(_FakeDBAPIConnection, pool_size=3, max_overflow=0)
+    with PoolExporter() as exporter:
+        exporter.watch("fake", pool)
+        time.sleep(0.1)
+        start = exporter.pools.busy_seconds("fake")
+        t0 = time.monotonic()
+        held = [pool.connect(), pool.connect()]
+        time.sleep(0.6)
+        for c in held:
+            c.close()
+        held_for = time.monotonic() - t0
+        time.sleep(0.1)
+        busy = exporter.pools.busy_seconds("fake") - start
+        text = exporter.text()
+    assert busy == pytest.approx(2 * held_for, abs=0.06), (busy, held_for)
+    assert sample(text, "dbpool_checked_out_seconds_total", pool="fake") >= busy
+    assert not any(t.name == "labs-exporter-sampler" and t.is_alive()
+                   for t in threading.enumerate())
+
+
+def test_a_closed_psycopg_pool_has_nothing_checked_out():
+    """psycopg_pool's close() clears the pool but not its connection count (pool.py,
+    ``close``; base.py, ``_get_measures``: ``pool_size`` is ``_nconns``), and a pool not
+    yet opened counts its ``min_size`` the same way: its stats say 2 connections, none
+    available.  The exporter must not read that as 2 checked out (an alert on a closed
+    pool would fire)."""
+    import psycopg_pool
+
+    pool = psycopg_pool.ConnectionPool("host=127.0.0.1 port=1", min_size=2, max_size=4,
+                                       open=False)
+    stats = pool.get_stats()
+    assert pool.closed and stats["pool_size"] == 2 and stats["pool_available"] == 0
+    reading = read_pool(pool)
+    assert (reading.checked_out, reading.connections, reading.idle, reading.size) == (
+        0.0, 0.0, 0.0, 4.0)
+
+
 # ---------------------------------------------------------------------------
 # Live
 # ---------------------------------------------------------------------------
@@ -300,6 +355,23 @@ def test_prometheus_scrapes_the_exporter_and_fires_the_alert():
                 time.sleep(0.2)
             assert api.firing("DbPoolSaturated"), prom.alerts()
             print(f"rule loaded and firing after {time.monotonic() - t2:.2f} s")
+            # after the fact: the ALERTS series, an instant in the past, a range
+            now = time.time()
+            assert api.value('max_over_time(ALERTS{alertname="DbPoolSaturated",'
+                             'alertstate="firing"}[30s])', at=now) == 1.0
+            assert api.value('dbpool_checked_out{pool="sqla"}', at=now) == 5.0
+            series = api.query_range('dbpool_checked_out{pool="sqla"}', now - 4, now, 1)
+            (points,) = series.values()
+            # one point a second from the first scrape on (the target is a few seconds old)
+            assert points[-1][1] == 5.0 and 2 <= len(points) <= 5
+            assert points[-1][0] == pytest.approx(now, abs=0.01)
+            assert all(b[0] - a[0] == pytest.approx(1.0) for a, b in zip(points, points[1:]))
+            for bad in (lambda: api.query_range("up", now, now - 1),
+                        lambda: api.query("up", at=-1.0),
+                        lambda: api.query_range("up", now - 1, now, 0)):
+                with pytest.raises(PrometheusError) as e:
+                    bad()
+                assert "\n" not in str(e.value)
             with pytest.raises(ServiceError) as e:
                 prom.add_rules("broken", "groups:\n  - name: x\n    rules:\n      - alert: A\n"
                                "        expr: sum(\n")
@@ -353,3 +425,42 @@ def test_asyncpg_pool_and_a_live_run_through_observe():
         assert sample(text, "dbpool_request_duration_seconds_count", pool="run") == ok
         assert sample(text, "dbpool_requests_total", pool="run") >= ok
         assert sample(text, "dbpool_size", pool="run") == 3.0
+
+
+@pytest.mark.live
+@live
+@pytest.mark.timeout(90)
+def test_services_up_prometheus_is_found_by_runs_and_stopped_by_down(capsys):
+    """``services up --prometheus`` starts one detached; a Lab finds it; ``down`` stops it;
+    asking for it while the services run without one is one line, exit 2."""
+    import subprocess
+    import sys
+
+    from labs import cli
+
+    base = ("services", "up", "--replicas", "0", "--no-redis")
+    assert cli.main([*base]) == 0
+    try:
+        capsys.readouterr()
+        assert cli.main([*base, "--prometheus"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("labs: --prometheus: ") and "\n" not in err
+    finally:
+        assert cli.main(["services", "down"]) == 0
+    up = subprocess.run([sys.executable, "-m", "labs", *base, "--prometheus", "--json"],
+                        capture_output=True, text=True, timeout=60)
+    try:
+        assert up.returncode == 0, up.stderr
+        doc = json.loads(up.stdout)
+        assert [s["role"] for s in doc["servers"]] == ["primary", "prometheus"] and doc["ok"]
+        dirs = [Path(s["dir"]) for s in doc["servers"]]
+        url = doc["servers"][1]["dsn"]
+        with services_for(prometheus=True) as svc:
+            assert svc.source == "services-up" and svc.prometheus == url
+            assert PrometheusAPI(url).ready()
+    finally:
+        down = subprocess.run([sys.executable, "-m", "labs", "services", "down", "--json"],
+                              capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert len(json.loads(down.stdout)["stopped"]) == 2
+    assert_nothing_left(dirs)

@@ -60,6 +60,34 @@ def install_hint(package: str) -> str:
     return f"install it with: apt-get install {package}"
 
 
+def find_program(program: str, env_var: str, package: str, *, fallback: Path | None = None,
+                 service: str | None = None) -> str:
+    """The server program to run: ``$env_var`` if set (and only that), else ``program`` on
+    PATH, else ``fallback`` (where the Debian package puts it, off a non-root PATH).
+
+    One :class:`ServiceError` line when it is missing, naming the variable or the
+    package that provides it (``service``: the error's subject, default ``program``).
+    """
+    explicit = os.environ.get(env_var, "").strip()
+    if explicit:
+        found = shutil.which(explicit)  # a path to an executable, or a name on PATH
+        if not found:
+            raise ServiceError(
+                f"{env_var}: must name an executable {program}, got {explicit!r} (not found "
+                f"or not executable); correct it, or unset it to use {program} from PATH "
+                f"({install_hint(package)})"
+            )
+        return found
+    found = shutil.which(program)
+    if found:
+        return found
+    if fallback is not None and os.access(fallback, os.X_OK):
+        return str(fallback)
+    where = "on PATH" + (f" or at {fallback}" if fallback is not None else "")
+    raise ServiceError(f"{service or program}: {program} not found {where}; "
+                       f"{install_hint(package)}, or set {env_var} to its path")
+
+
 def poll(ready: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
     """Call ``ready()`` until it returns true (then True) or ``timeout`` s pass (False).
 

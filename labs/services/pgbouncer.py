@@ -70,7 +70,6 @@ import contextlib
 import getpass
 import os
 import pwd
-import shutil
 import signal
 import subprocess
 import time
@@ -88,6 +87,7 @@ from labs.services.common import (
     LocalServer,
     ServiceError,
     as_user,
+    find_program,
     install_hint,
     last_meaningful_line,
     one_line,
@@ -178,25 +178,7 @@ def _agrees(shown: ConfigRow | None, wanted: str) -> bool:
 def find_pgbouncer() -> str:
     """The pgbouncer program: ``$LABS_PGBOUNCER_BIN`` if set (and only that), else PATH,
     else Debian's /usr/sbin/pgbouncer."""
-    explicit = os.environ.get(ENV_BIN, "").strip()
-    if explicit:
-        found = shutil.which(explicit)  # a path to an executable, or a name on PATH
-        if not found:
-            raise ServiceError(
-                f"{ENV_BIN}: must name an executable pgbouncer, got {explicit!r} (not found or "
-                f"not executable); correct it, or unset it to use pgbouncer from PATH "
-                f"({install_hint(PACKAGE)})"
-            )
-        return found
-    found = shutil.which("pgbouncer")
-    if found:
-        return found
-    if os.access(DEBIAN_BINARY, os.X_OK):
-        return str(DEBIAN_BINARY)
-    raise ServiceError(
-        f"pgbouncer: pgbouncer not found on PATH or as {DEBIAN_BINARY}; "
-        f"{install_hint(PACKAGE)}, or set {ENV_BIN} to its path"
-    )
+    return find_program("pgbouncer", ENV_BIN, PACKAGE, fallback=DEBIAN_BINARY)
 
 
 # ---------------------------------------------------------------------------

@@ -60,7 +60,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -79,6 +78,7 @@ from labs.services.common import (
     LOOPBACK,
     LocalServer,
     ServiceError,
+    find_program,
     install_hint,
     one_line,
     poll,
@@ -105,25 +105,7 @@ NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
 def find_prometheus() -> str:
     """The prometheus program: ``$LABS_PROMETHEUS_BIN`` if set (only that), else PATH,
     else Debian's ``/usr/bin/prometheus``."""
-    explicit = os.environ.get(ENV_BIN, "").strip()
-    if explicit:
-        found = shutil.which(explicit)
-        if not found:
-            raise ServiceError(
-                f"{ENV_BIN}: must name an executable prometheus, got {explicit!r} (not found "
-                f"or not executable); correct it, or unset it to use prometheus from PATH "
-                f"({install_hint(PACKAGE)})"
-            )
-        return found
-    path = shutil.which("prometheus")
-    if path:
-        return path
-    if os.access(DEBIAN_BINARY, os.X_OK):
-        return str(DEBIAN_BINARY)
-    raise ServiceError(
-        f"prometheus: prometheus not found on PATH or at {DEBIAN_BINARY}; "
-        f"{install_hint(PACKAGE)}, or set {ENV_BIN} to its path"
-    )
+    return find_program("prometheus", ENV_BIN, PACKAGE, fallback=DEBIAN_BINARY)
 
 
 # ---------------------------------------------------------------------------
@@ -189,18 +171,21 @@ class PrometheusAPI:
         except PrometheusError:
             return False
 
-    def query_raw(self, promql: str) -> dict[str, Any]:
-        """The ``data`` of ``/api/v1/query`` for ``promql`` at the present instant."""
-        if not isinstance(promql, str) or not promql.strip():
-            raise PrometheusError(f"promql: must be a non-empty PromQL expression, got {promql!r}")
-        data: dict[str, Any] = self._data("/api/v1/query", {"query": promql})
+    def query_raw(self, promql: str, at: float | None = None) -> dict[str, Any]:
+        """The ``data`` of ``/api/v1/query`` for ``promql`` at the instant ``at`` (Unix
+        seconds, as ``time.time()`` gives them; default: now)."""
+        params = {"query": _promql(promql)}
+        if at is not None:
+            params["time"] = _unix_time(at, "at")
+        data: dict[str, Any] = self._data("/api/v1/query", params)
         return data
 
-    def query(self, promql: str) -> float | dict[str, float]:
-        """The value of ``promql`` now: a float for a scalar or a vector of one series
-        (whatever its labels), else ``{labels: value}`` with labels as ``k=v,k=v``
-        (``{}``: no series, e.g. nothing scraped yet).  ``NaN`` is kept as ``nan``."""
-        data = self.query_raw(promql)
+    def query(self, promql: str, at: float | None = None) -> float | dict[str, float]:
+        """The value of ``promql`` at ``at`` (default now): a float for a scalar or a vector
+        of one series (whatever its labels), else ``{labels: value}`` with labels as
+        ``k=v,k=v`` (``{}``: no series, e.g. nothing scraped yet).  ``NaN`` is kept as
+        ``nan``."""
+        data = self.query_raw(promql, at)
         kind, result = data["resultType"], data["result"]
         if kind in ("scalar", "string"):
             return float(result[1])
@@ -212,12 +197,31 @@ class PrometheusAPI:
             return next(iter(values.values()))
         return values
 
-    def value(self, promql: str) -> float:
-        """``promql``'s one value (NaN when there is no series, the sum when several)."""
-        got = self.query(promql)
+    def value(self, promql: str, at: float | None = None) -> float:
+        """``promql``'s one value at ``at`` (default now; NaN when there is no series, the
+        sum when several)."""
+        got = self.query(promql, at)
         if isinstance(got, float):
             return got
         return math.fsum(got.values()) if got else math.nan
+
+    def query_range(self, promql: str, start: float, end: float, step: float = 1.0
+                    ) -> dict[str, list[tuple[float, float]]]:
+        """``/api/v1/query_range``: ``promql`` evaluated every ``step`` s from ``start`` to
+        ``end`` (Unix seconds), as ``{labels: [(time, value), ...]}`` (labels as in
+        :meth:`query`; a series has no point where it had no value)."""
+        if not (isinstance(step, int | float) and 0 < step <= 3600):
+            raise PrometheusError(f"step: must be seconds in (0, 3600], got {step!r}")
+        first, last = _unix_time(start, "start"), _unix_time(end, "end")
+        if not float(first) < float(last):
+            raise PrometheusError(f"end: must be after start ({start}), got {end}")
+        data = self._data("/api/v1/query_range", {"query": _promql(promql), "start": first,
+                                                  "end": last, "step": f"{step:g}"})
+        if data["resultType"] != "matrix":
+            raise PrometheusError(f"promql: must give series over time, got a "
+                                  f"{data['resultType']} from {promql!r}")
+        return {_labels(s["metric"]): [(float(t), float(v)) for t, v in s["values"]]
+                for s in data["result"]}
 
     def alerts(self) -> list[dict[str, Any]]:
         """The alerts now pending or firing (``/api/v1/alerts``): labels, state, value."""
@@ -249,6 +253,19 @@ class PrometheusAPI:
             raise PrometheusError(f"prometheus at {self.url}: {promql!r} must have a value "
                                   f"within {timeout:g} s, got none")
         return seen[0]
+
+
+def _promql(promql: object) -> str:
+    if not isinstance(promql, str) or not promql.strip():
+        raise PrometheusError(f"promql: must be a non-empty PromQL expression, got {promql!r}")
+    return promql
+
+
+def _unix_time(t: object, what: str) -> str:
+    # Prometheus takes RFC 3339 or Unix seconds; a float of time.time() is the latter
+    if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0:
+        raise PrometheusError(f"{what}: must be Unix seconds (time.time()), got {t!r}")
+    return f"{float(t):.3f}"
 
 
 def _labels(metric: Mapping[str, str]) -> str:
@@ -458,9 +475,9 @@ class PrometheusServer(LocalServer):
         return path
 
     # the API, on the server itself
-    def query(self, promql: str) -> float | dict[str, float]:
+    def query(self, promql: str, at: float | None = None) -> float | dict[str, float]:
         """:meth:`PrometheusAPI.query` on this server."""
-        return self.api.query(promql)
+        return self.api.query(promql, at)
 
     def alerts(self) -> list[dict[str, Any]]:
         """:meth:`PrometheusAPI.alerts` on this server."""
@@ -555,8 +572,8 @@ PROMETHEUS_TIER = Tier(
     env_missing="{var}: the run asks for a Prometheus and needs its URL, got nothing; "
     "export e.g. {var}=http://127.0.0.1:9090, or unset the LABS_* variables",
     state_missing="prometheus: `labs services up` started no Prometheus and the run asks for "
-    "one; run `python -m labs services down`, then start the run's own (unset "
-    "LABS_STATE_DIR's services) or set LABS_PROMETHEUS",
+    "one; run `python -m labs services down`, then `python -m labs services up --prometheus`, "
+    "or set LABS_PROMETHEUS",
 )
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +32,7 @@ from labs.services.common import (
     LOOPBACK,
     LocalServer,
     ServiceError,
+    find_program,
     install_hint,
     one_line,
     start_retrying_port,
@@ -50,23 +50,7 @@ ENV_REDIS = "LABS_REDIS"  # a server of your own
 
 def find_redis_server() -> str:
     """The redis-server program: ``$LABS_REDIS_SERVER`` if set (and only that), else PATH."""
-    explicit = os.environ.get(ENV_SERVER, "").strip()
-    if explicit:
-        found = shutil.which(explicit)  # a path to an executable, or a name on PATH
-        if not found:
-            raise ServiceError(
-                f"{ENV_SERVER}: must name an executable redis-server, got {explicit!r} "
-                f"(not found or not executable); correct it, or unset it to use redis-server "
-                f"from PATH ({install_hint(PACKAGE)})"
-            )
-        return found
-    path = shutil.which("redis-server")
-    if not path:
-        raise ServiceError(
-            f"redis: redis-server not found on PATH; {install_hint(PACKAGE)}, "
-            f"or set {ENV_SERVER} to its path"
-        )
-    return path
+    return find_program("redis-server", ENV_SERVER, PACKAGE, service="redis")
 
 
 def ping(port: int, host: str = LOOPBACK, timeout: float = 1.0) -> bool:

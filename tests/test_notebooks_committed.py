@@ -71,10 +71,13 @@ def test_a_lesson_has_every_part(path: Path) -> None:
     figures = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])
                if "image/png" in o.get("data", {})]
     assert figures, f"{path.name}: no figure"
-    # exercises are checked by a cell: an assert after the Exercises heading
+    # exercises are checked by a cell after the Exercises heading: an assert, or one of the
+    # checks of labs.exercises / labs.lesson, each of which raises AssertionError on a miss
     start = next(i for i, t in enumerate(text)
                  if cells[i]["cell_type"] == "markdown" and "Exercises" in t.split("\n")[0])
-    assert any(c["cell_type"] == "code" and "assert" in t
+    checks = ("assert", "close_to(", "at_most_value(", "diagnosis(", "at_least(", "at_most(",
+              "check(")
+    assert any(c["cell_type"] == "code" and any(k in t for k in checks)
                for c, t in zip(cells[start:], text[start:], strict=True)), (
         f"{path.name}: no cell checks the exercises' answers")
     # a live lesson asserts its measurements, in cells whose printed numbers nbval ignores

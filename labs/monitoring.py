@@ -24,12 +24,14 @@ objects *at scrape time*:
   ``dbpool_requests_total``        measured                requests_num         measured
   ``dbpool_requests_waited_total`` measured                requests_queued      measured
   ``dbpool_wait_seconds_total``    measured                requests_wait_ms     measured
-  ``dbpool_checked_out_seconds_total``  checked-out count sampled every 10 ms and integrated
+  ``dbpool_checked_out_seconds_total``: ``dbpool_checked_out`` sampled every 10 ms, integrated
 
-  ``dbpool_checked_out_seconds_total`` is for utilisation: ``rate()`` of it over
-  ``dbpool_size`` is the pool's time-average utilisation, where
-  ``avg_over_time`` of the once-a-second gauge is a mean of a few samples
-  (:class:`PoolsCollector`).
+  ``rate(dbpool_checked_out_seconds_total)`` over ``dbpool_size`` is the pool's
+  time-average utilisation, where ``avg_over_time`` of the once-a-second gauge
+  is a mean of a few samples (:class:`PoolsCollector`).  A closed psycopg_pool
+  reads as empty: its ``get_stats()`` keeps the count it had (see
+  :func:`read_pool`).
+
   ``dbpool_size`` is the most connections the pool hands out at once (the *c*
   of M/M/c), so ``dbpool_checked_out / dbpool_size`` is the pool's saturation;
   QueuePool's own ``size()`` is only ``pool_size``, and its ``overflow()`` is
@@ -378,7 +380,7 @@ class PoolsCollector(Collector):
         for name, (obj, meter) in pools:
             try:
                 busy = read_pool(obj, meter).checked_out
-            except Exception:  # noqa: BLE001 - a closed pool: nothing is checked out of it
+            except Exception:  # noqa: BLE001 - a pool that cannot be read has none busy
                 busy = 0.0
             now = time.monotonic()
             with self._lock:
